@@ -1,0 +1,384 @@
+"""Free and nudged phases of a PCN (METHOD.md §2), carried in *deviation form*.
+
+The free phase is the forward pass. The nudged phase runs projected gradient descent on
+``F = E + β·C`` with respect to the states, step size 1, so that each layer's update is closed
+form (``Δ_k = J_{f_{k+1}}(h_k)ᵀ ε_{k+1}`` is the top-down term):
+
+* hidden, ``mod_pgd``:  ``h_k ← relu(a_k + Δ_k)``   (the paper's scheme, default)
+* hidden, ``pgd``:      ``h_k ← relu(f_k(h_{k−1}) + Δ_k)``
+* output (linear):      ``h_L ← a_L − β ∂C/∂h_L(h_L, y)``
+
+Order ``async`` (default) updates the layers of one parity, then the other, starting with the
+output's parity (for an even L: even layers first, as in the paper); one *iteration* is both
+half-sweeps. Order ``sync`` updates all layers at once from the old states.
+
+Deviation form: the engine carries ``d_k = h_k − h_k⁰`` (``h⁰`` the free state) instead of
+``h_k``. Convolutions and dense maps are linear, so ``W(h⁰ + d) = z⁰ + W d``; pooling and ReLU are
+evaluated on ``z⁰ + W d`` in the state dtype, and ``ε_k = d_k − (relu(a⁰_k + δa_k) − h⁰_k)`` is formed
+from deviations only. In exact arithmetic this *is* the update above; in low precision it avoids
+the cancellation ``h − f(h)`` (both O(1), difference O(β)). It also makes untouched layers free:
+a deviation that the nudge has not reached yet is exactly zero, stored as ``None`` and skipped.
+
+Shapes: states are ``(N, C, H, W)`` for conv layers and ``(N, features)`` for dense layers. β is a
+``(N, 1)`` tensor (one value per example, so the ``random`` scheme needs one phase).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .energy import cost, cost_grad
+
+UPDATES = ("mod_pgd", "pgd")
+ORDERS = ("async", "sync")
+PRECISIONS = ("strict", "fast")
+
+__all__ = ["UPDATES", "ORDERS", "PRECISIONS", "Precision", "FreeState", "PhaseTrace", "Trace",
+           "free_phase", "NudgedPhase", "precision_context"]
+
+Opt = Optional[torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# precision
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Precision:
+    """Dtypes of one run.
+
+    ``strict``: everything in the parameters' dtype; on CUDA, TF32 is switched off for the
+    duration (see :func:`precision_context`). ``fast``: conv maps in bfloat16 (channels_last on
+    CUDA), dense maps, pooling, ReLU, errors and states in float32.
+    """
+    name: str
+    state: torch.dtype
+    conv: torch.dtype
+    dense: torch.dtype
+    channels_last: bool = False
+
+    @staticmethod
+    def make(name: str, param_dtype: torch.dtype, device: torch.device) -> "Precision":
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(PRECISIONS)}")
+        if name == "strict":
+            return Precision("strict", param_dtype, param_dtype, param_dtype)
+        return Precision("fast", torch.float32, torch.bfloat16, torch.float32,
+                         channels_last=device.type == "cuda")
+
+
+@contextlib.contextmanager
+def precision_context(precision: Precision):
+    """In strict mode, TF32 is off for convs and matmuls; restored on exit."""
+    if precision.name != "strict" or not torch.cuda.is_available():
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer linear algebra on deviations (the only place that touches weights)
+# ---------------------------------------------------------------------------------------------
+class _LayerOps:
+    """The linear part of one layer in the compute dtype: ``W d``, ``Wᵀ g`` and ``g ⊗ h``."""
+
+    def __init__(self, layer, precision: Precision):
+        self.layer = layer
+        self.conv = layer.kind == "conv"
+        self.dtype = precision.conv if self.conv else precision.dense
+        self.out_dtype = precision.state
+        self.memory_format = (torch.channels_last if self.conv and precision.channels_last
+                              else torch.contiguous_format)
+        self.weight = layer.weight.detach().to(self.dtype, memory_format=self.memory_format) \
+            if self.conv else layer.weight.detach().to(self.dtype)
+        self.bias = layer.bias.detach().to(self.dtype)
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        if self.conv:
+            return t.to(self.dtype, memory_format=self.memory_format)
+        return t.to(self.dtype).flatten(1)
+
+    def apply(self, h: torch.Tensor, bias: bool) -> torch.Tensor:
+        """``W h (+ b)`` before pooling, in the state dtype."""
+        b = self.bias if bias else None
+        if self.conv:
+            out = F.conv2d(self._cast(h), self.weight, b, padding=1)
+        else:
+            out = F.linear(self._cast(h), self.weight, b)
+        return out.to(self.out_dtype)
+
+    def transpose(self, g: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
+        """``Wᵀ g``: the vector–Jacobian product of the linear part w.r.t. its input."""
+        if self.conv:
+            gi = F.conv_transpose2d(self._cast(g), self.weight, padding=1)
+        else:
+            gi = self._cast(g) @ self.weight
+        return gi.to(self.out_dtype).reshape(in_shape)
+
+    def param_grads(self, h: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Σ_n g_n ⊗ h_n, Σ_n g_n)``: gradients of ``Σ_n ⟨g_n, W h_n + b⟩`` w.r.t. W and b."""
+        if self.conv:
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                self._cast(g), self._cast(h), self.weight, [self.weight.shape[0]], [1, 1],
+                [1, 1], [1, 1], False, [0, 0], 1, [False, True, True])
+        else:
+            gc = self._cast(g)
+            gw, gb = gc.t() @ self._cast(h), gc.sum(0)
+        wdt = self.layer.weight.dtype
+        return gw.to(wdt).contiguous(), gb.to(wdt)
+
+
+# ---------------------------------------------------------------------------------------------
+# free phase
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class FreeState:
+    """The free-phase equilibrium, index ``k`` for layer ``k`` (index 0 is the input).
+
+    ``h[k]`` states after activation, ``a[k]`` pre-activations after pooling, ``z[k]`` the conv
+    output before pooling (pooling layers only, else ``None``), ``idx[k]`` its pooling indices.
+    All in the state dtype. ``h[0]`` is the input.
+    """
+    h: list
+    a: list
+    z: list
+    idx: list
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self.h[-1]
+
+
+@torch.no_grad()
+def free_phase(net, x: torch.Tensor, ops: list[_LayerOps], precision: Precision) -> FreeState:
+    h, a, z, idx = [x.to(precision.state)], [None], [None], [None]
+    for layer, op in zip(net.layers, ops):
+        out = op.apply(h[-1], bias=True)
+        if layer.pool:
+            z.append(out)
+            pooled, i = F.max_pool2d(out, 2, 2, return_indices=True)
+            a.append(pooled)
+            idx.append(i)
+        else:
+            z.append(None)
+            a.append(out)
+            idx.append(None)
+        h.append(layer.act(a[-1]))
+    return FreeState(h, a, z, idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# traces
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PhaseTrace:
+    """One nudged phase, recorded after every iteration ``t = 0..T`` (``t = 0``: free state).
+
+    ``energy``: ``(T+1, L)`` per-layer energy ``½‖ε_k‖²``, mean over the batch.
+    ``cost``: ``(T+1,)`` mean cost ``C(h_L, y)``.
+    ``total``: ``(T+1,)`` mean ``F = E + β_n C`` (β_n the example's signed β).
+    ``state_change``: ``(T, L)`` largest absolute change of any unit of layer k in iteration t.
+    ``beta``: the phase's signed β (for ``random`` with per-example signs: ``+β`` with
+    ``signs`` holding ±1 per example). ``iterations``: iterations run (< K if ``tol`` stopped it).
+    Only the final row is kept when tracing is off (``energy`` is then ``(1, L)``).
+    """
+    beta: float
+    energy: torch.Tensor
+    cost: torch.Tensor
+    total: torch.Tensor
+    state_change: torch.Tensor
+    iterations: int
+    signs: Optional[torch.Tensor] = None
+
+    @property
+    def final_energy(self) -> float:
+        return float(self.energy[-1].sum())
+
+
+@dataclass
+class Trace:
+    """All nudged phases of one estimate, in the order they ran; ``free_cost`` is C at h⁰."""
+    phases: list = field(default_factory=list)
+    free_cost: float = float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# nudged phase
+# ---------------------------------------------------------------------------------------------
+class NudgedPhase:
+    """Equilibrates one nudged phase from the free state and yields ``∂F/∂θ`` at its end.
+
+    Args:
+        net: a :class:`workbench.models.PCN`.
+        free: the free state; ``ops``: per-layer compute ops; ``y``: labels ``(N,)``.
+        beta: ``(N, 1)`` signed β per example. ``cost_name``: ``ce`` | ``mse``.
+        update: ``mod_pgd`` | ``pgd``; ``order``: ``async`` | ``sync``.
+    """
+
+    def __init__(self, net, free: FreeState, ops: list[_LayerOps], y: torch.Tensor,
+                 beta: torch.Tensor, cost_name: str, update: str = "mod_pgd",
+                 order: str = "async"):
+        self.net, self.free, self.ops, self.y = net, free, ops, y
+        self.beta, self.cost_name, self.update, self.order = beta, cost_name, update, order
+        self.L = len(net.layers)
+        self.d: list[Opt] = [None] * (self.L + 1)       # deviations d_k, None == exactly zero
+        self._da: list[Opt] = [None] * (self.L + 1)     # pre-activation deviations (cached)
+        self._idx: list[Opt] = list(free.idx)           # pooling indices at the current state
+        self._fresh = [True] * (self.L + 1)             # is _da[k] valid for the current d[k-1]?
+        top = [k for k in range(1, self.L + 1) if k % 2 == self.L % 2]
+        rest = [k for k in range(1, self.L + 1) if k % 2 != self.L % 2]
+        self.sweeps = [top, rest] if order == "async" else [list(range(1, self.L + 1))]
+
+    # -- cached pieces -------------------------------------------------------------------------
+    def da(self, k: int) -> Opt:
+        """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (None when it is zero)."""
+        if not self._fresh[k]:
+            layer, d_in = self.net.layers[k - 1], self.d[k - 1]
+            if d_in is None:
+                self._da[k], self._idx[k] = None, self.free.idx[k]
+            else:
+                dz = self.ops[k - 1].apply(d_in, bias=False)
+                if layer.pool:
+                    a, self._idx[k] = F.max_pool2d(self.free.z[k] + dz, 2, 2, return_indices=True)
+                    self._da[k] = a - self.free.a[k]
+                else:
+                    self._da[k] = dz
+            self._fresh[k] = True
+        return self._da[k]
+
+    def _pre(self, k: int) -> torch.Tensor:
+        """Current pre-activation ``a_k = a⁰_k + δa_k``."""
+        da = self.da(k)
+        return self.free.a[k] if da is None else self.free.a[k] + da
+
+    def error(self, k: int) -> Opt:
+        """``ε_k = d_k − (f_k(h_{k−1}) − h⁰_k)``, from deviations only (None when zero)."""
+        d, da = self.d[k], self.da(k)
+        if d is None and da is None:
+            return None
+        layer = self.net.layers[k - 1]
+        if layer.activation == "identity":
+            df = da
+        else:
+            df = None if da is None else torch.relu(self.free.a[k] + da) - self.free.h[k]
+        if df is None:
+            return d
+        return -df if d is None else d - df
+
+    def drive(self, k: int, eps: Opt) -> Opt:
+        """``g_k = f_k'(a_k) ⊙ ε_k`` unpooled to the conv output's shape (None when zero)."""
+        if eps is None:
+            return None
+        layer = self.net.layers[k - 1]
+        g = eps if layer.activation == "identity" else eps * (self._pre(k) > 0).to(eps.dtype)
+        if layer.pool:
+            g = F.max_unpool2d(g, self._idx[k], 2, 2, output_size=self.free.z[k].shape[-2:])
+        return g
+
+    # -- one update ----------------------------------------------------------------------------
+    def _new_deviation(self, k: int) -> Opt:
+        free = self.free
+        if k == self.L:
+            h_out = free.h[k] if self.d[k] is None else free.h[k] + self.d[k]
+            nudge = self.beta * cost_grad(self.cost_name, h_out, self.y)
+            da = self.da(k)
+            return -nudge if da is None else da - nudge
+        g = self.drive(k + 1, self.error(k + 1))
+        delta = None if g is None else self.ops[k].transpose(g, free.h[k].shape)
+        da = self.da(k)
+        if delta is None and da is None:
+            return None
+        if self.update == "mod_pgd":
+            pre = self._pre(k)
+        else:
+            pre = torch.relu(self._pre(k))
+        return torch.relu(pre if delta is None else pre + delta) - free.h[k]
+
+    def step(self) -> list[float | torch.Tensor]:
+        """One iteration (both half-sweeps for ``async``). Returns the per-layer max change."""
+        change: list = [0.0] * self.L
+        for sweep in self.sweeps:
+            new = {k: self._new_deviation(k) for k in sweep}
+            for k, d_new in new.items():
+                old = self.d[k]
+                if d_new is not None or old is not None:
+                    diff = d_new if old is None else (-old if d_new is None else d_new - old)
+                    change[k - 1] = diff.abs().max()
+                self.d[k] = d_new
+                if k < self.L:
+                    self._fresh[k + 1] = False
+        return change
+
+    # -- observables ---------------------------------------------------------------------------
+    def energies(self) -> torch.Tensor:
+        """Per-layer energy ``½‖ε_k‖²``, mean over the batch, shape ``(L,)``."""
+        out = []
+        for k in range(1, self.L + 1):
+            e = self.error(k)
+            out.append(self.free.h[k].new_zeros(()) if e is None
+                       else 0.5 * e.flatten(1).pow(2).sum(1).mean())
+        return torch.stack(out)
+
+    def costs(self) -> torch.Tensor:
+        h_out = self.free.h[-1] if self.d[-1] is None else self.free.h[-1] + self.d[-1]
+        return cost(self.cost_name, h_out, self.y)
+
+    def run(self, iterations: int, tol: Optional[float] = None, record: bool = True,
+            signs: Optional[torch.Tensor] = None) -> PhaseTrace:
+        """Run up to ``iterations`` iterations (fewer if every state changed by < ``tol``)."""
+        beta = self.beta.flatten()
+        e_rows, c_rows, f_rows, changes = [], [], [], []
+
+        def observe():
+            e, c = self.energies(), self.costs()
+            e_rows.append(e)
+            c_rows.append(c.mean())
+            f_rows.append(e.sum() + (beta * c).mean())
+
+        if record:
+            observe()
+        t = 0
+        for t in range(1, iterations + 1):
+            ch = self.step()
+            changes.append(torch.stack([torch.as_tensor(v, dtype=self.free.h[-1].dtype,
+                                                        device=self.free.h[-1].device)
+                                        for v in ch]))
+            if record:
+                observe()
+            if tol is not None and float(changes[-1].max()) < tol:
+                break
+        if not record:
+            observe()
+        mag = float(beta.abs().max())
+        return PhaseTrace(beta=mag if signs is not None else float(beta[0]),
+                          energy=torch.stack(e_rows).cpu(), cost=torch.stack(c_rows).cpu(),
+                          total=torch.stack(f_rows).cpu(), state_change=torch.stack(changes).cpu(),
+                          iterations=t, signs=None if signs is None else signs.cpu())
+
+    def state(self, k: int) -> torch.Tensor:
+        """``h_k`` at the current nudged state."""
+        return self.free.h[k] if self.d[k] is None else self.free.h[k] + self.d[k]
+
+    def param_grads(self, weight: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """``Σ_n w_n ∂F_n/∂θ_k`` per layer k at the current state, ``w`` a ``(N,)`` weight.
+
+        ``∂F/∂θ_k = −(∂f_k/∂θ_k)ᵀ ε_k``: built from the deviation-form ``ε_k``; layers whose
+        error is exactly zero are left out.
+        """
+        out = {}
+        for k in range(1, self.L + 1):
+            g = self.drive(k, self.error(k))
+            if g is None:
+                continue
+            g = g * (-weight).view(-1, *([1] * (g.dim() - 1))).to(g.dtype)
+            out[k] = self.ops[k - 1].param_grads(self.state(k - 1), g)
+        return out
