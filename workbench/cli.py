@@ -1,0 +1,37 @@
+"""The ``workbench`` command line: one sub-command per module.
+
+Each sub-command lives in its own module, which provides ``add_arguments(parser)`` and
+``main(args) -> int``; modules are imported only when their sub-command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "gradcheck": ("workbench.gradcheck", "per-layer cosine / relative error of EP against BP"),
+    "train": ("workbench.train", "train a model with EP or BP into a run folder"),
+    "bench": ("workbench.bench", "speed, memory and fidelity benchmarks (JSON)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = {}
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for name, (modname, helptext) in COMMANDS.items():
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        if argv[:1] == [name]:
+            modules[name] = importlib.import_module(modname)
+            modules[name].add_arguments(p)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(modules[args.command].main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
