@@ -118,7 +118,7 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
 
 def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", beta: float = 0.05,
              iterations: int = 10, cost: str = "ce", *, update: str = "mod_pgd",
-             order: str = "async", signs: str = "example", tol: Optional[float] = None,
+             order: str = "async", signs="example", tol: Optional[float] = None,
              precision: str = "strict", trace: bool = True, accumulate: bool = True,
              generator: Optional[torch.Generator] = None) -> Estimate:
     """Estimate the gradient of the batch-mean cost and write it into ``.grad``.
@@ -132,7 +132,9 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
         iterations: K ≥ 1 iterations per nudged phase.
         cost: ``ce`` | ``mse``.
         update: ``mod_pgd`` (default) | ``pgd``. order: ``async`` (default) | ``sync``.
-        signs: for ``random``: ``example`` (default, a sign per example) | ``batch``.
+        signs: for ``random``: ``example`` (default, a sign per example) | ``batch`` (one sign) |
+            a ``(N,)`` tensor of ±1 (signs chosen by the caller, e.g. drawn for a global batch
+            and sliced per process).
         tol: stop a phase early once no state changed by more than ``tol`` in an iteration.
         precision: ``strict`` (the parameters' dtype, TF32 off) | ``fast`` (bf16 convs).
         trace: record every iteration (else only the final energies and cost).
@@ -145,7 +147,6 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
     check_cost(cost)
     _check_choice("update rule", update, UPDATES)
     _check_choice("order", order, ORDERS)
-    _check_choice("sign mode", signs, SIGN_MODES)
     if scheme != "bp":
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
             raise ValueError(f"beta must be a finite positive number, got {beta!r}")
@@ -157,6 +158,14 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
     if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
         raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
     x, y = check_batch(net, x, y)
+    if isinstance(signs, torch.Tensor):
+        if scheme != "random":
+            raise ValueError("a tensor of signs is only accepted with scheme='random'")
+        if signs.shape != (x.shape[0],) or not bool(((signs == 1) | (signs == -1)).all()):
+            raise ValueError(f"signs as a tensor must have shape ({x.shape[0]},) and hold only "
+                             f"+1 and -1, got shape {tuple(signs.shape)}")
+    else:
+        _check_choice("sign mode", signs, SIGN_MODES)
     names = [n for n, _ in net.named_parameters()]
 
     if scheme == "bp":
@@ -171,7 +180,9 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
         ops = [_LayerOps(layer, prec) for layer in net.layers]
         free = free_phase(net, x, ops, prec)
         sdt, dev = prec.state, x.device
-        if scheme == "random":
+        if scheme == "random" and isinstance(signs, torch.Tensor):
+            sign_list = [signs.to(dev, sdt)]
+        elif scheme == "random":
             shape = (n,) if signs == "example" else (1,)
             draw = torch.randint(0, 2, shape, generator=generator,
                                  device=generator.device if generator is not None else "cpu")
