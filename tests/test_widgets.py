@@ -1,0 +1,189 @@
+"""Headless tests of the explorers in workbench.widgets: set controls, read the figures' data."""
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from workbench import ep, models, widgets
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """Counts calls into the engine's ``ep.estimate`` made by the widgets."""
+    calls = []
+    real = ep.estimate
+
+    def counting(*args, **kw):
+        calls.append(kw.get("scheme", args[3] if len(args) > 3 else None))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ep, "estimate", counting)
+    return calls
+
+
+def small_mlp():
+    torch.manual_seed(1)
+    return models.build("mlp", widths=(32, 16))
+
+
+def oracle_estimate(net, batch, scheme, beta, iterations, update="mod_pgd", order="async",
+                    batch_size=8):
+    """The engine called directly on a float64 copy of ``net`` and the same pool slice."""
+    x, y = widgets.synthetic_data()
+    sl = slice(batch * batch_size, (batch + 1) * batch_size)
+    return ep.estimate(copy.deepcopy(net).double(), x[sl].double(), y[sl], scheme=scheme,
+                       beta=beta, iterations=iterations, update=update, order=order,
+                       accumulate=False)
+
+
+def ys(fig, name):
+    (trace,) = [t for t in fig.data if t.name == name]
+    return np.array([np.nan if v is None else v for v in trace.y], dtype=float)
+
+
+def test_energy_explorer_figures_match_engine_trace():
+    """oracle: the figures show exactly the engine's own trace for the settings on the controls
+    (ep.estimate called directly on the same model and batch)."""
+    net = small_mlp()
+    ex = widgets.EnergyExplorer({"m": net}, batch_size=8)
+    ex.controls["batch"].value = 2
+    ex.controls["beta"].value = 0.01
+    ex.controls["iterations"].value = 7
+    ex.controls["update"].value = "pgd"
+    ex.controls["order"].value = "sync"
+    ex.controls["phase"].value = 1
+    ref = oracle_estimate(net, 2, "centered", 0.01, 7, "pgd", "sync")
+    energy = ex.figures["energy"]
+    for name, ph in zip(("+β", "−β"), ref.trace.phases):
+        assert ph.energy.shape[0] == 8
+        np.testing.assert_allclose(ys(energy, f"F {name}"), ph.total.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(ys(energy, f"C {name}"), ph.cost.numpy(), rtol=1e-12)
+        e = ph.energy.sum(1).numpy()
+        np.testing.assert_allclose(ys(energy, f"E {name}"), np.where(e > 0, e, np.nan),
+                                   rtol=1e-12)
+    minus = ref.trace.phases[1]
+    (heat,) = ex.figures["heatmap"].data
+    z = np.array([[np.nan if v is None else v for v in row] for row in heat.z])
+    with np.errstate(divide="ignore"):
+        want = np.log10(minus.energy.numpy().T)
+    np.testing.assert_allclose(z, np.where(np.isfinite(want), want, np.nan), rtol=1e-12)
+    for k in (1, 2, 3):
+        change = minus.state_change[:, k - 1].numpy()
+        np.testing.assert_allclose(ys(ex.figures["change"], f"layer {k}"),
+                                   np.where(change > 0, change, np.nan), rtol=1e-12)
+
+
+def test_energy_explorer_recomputes_only_what_changed(engine_calls):
+    """oracle: counted engine calls — view-only controls and earlier settings cost none; every
+    setting that determines the estimate costs exactly one."""
+    ex = widgets.EnergyExplorer({"m": small_mlp()}, batch_size=8)
+    assert len(engine_calls) == 1
+    before = [t.y for t in ex.figures["change"].data]
+    ex.controls["layers"].value = (2,)
+    ex.controls["phase"].value = 1
+    assert len(engine_calls) == 1
+    assert [t.name for t in ex.figures["change"].data] == ["layer 2"]
+    assert ex.figures["change"].data[0].y != before[1]
+    ex.controls["beta"].value = 0.2
+    assert len(engine_calls) == 2
+    ex.controls["beta"].value = 0.05
+    ex.controls["scheme"].value = "random"
+    ex.controls["scheme"].value = "centered"
+    assert engine_calls == ["centered", "centered", "random"]
+    assert [o[0] for o in ex.controls["phase"].options] == ["+β", "−β"]
+
+
+def test_energy_explorer_switches_model_and_phases():
+    """oracle: the new model's layer count (heat-map rows, layer choices) and each scheme's
+    phases (forward: +β only, backward: −β only, as in ep.estimate)."""
+    ex = widgets.EnergyExplorer(batch_size=8)
+    ex.controls["model"].value = "mlp 6×64"
+    assert len(ex.figures["heatmap"].data[0].y) == 7
+    assert [v for _, v in ex.controls["layers"].options] == list(range(1, 8))
+    assert len(ex.figures["change"].data) == 7
+    ex.controls["scheme"].value = "backward"
+    assert [t.name for t in ex.figures["energy"].data] == ["F −β", "E −β", "C −β"]
+    assert ex.figures["energy"].data[0].y[-1] < 0 < ex.figures["energy"].data[2].y[-1]
+
+
+def test_bias_explorer_per_layer_bars_match_compare():
+    """oracle: ep.compare of the engine's estimate against the engine's BP gradient."""
+    net = small_mlp()
+    ex = widgets.GradientBiasExplorer({"m": net}, batch_size=8, beta=0.1, iterations=6,
+                                      betas=(0.01, 0.1), iterations_sweep=(2, 6))
+    ref = oracle_estimate(net, 0, "bp", 0, 0)
+    bars = {t.name: t for t in ex.figures["layers"].data if t.yaxis == "y"}
+    assert list(bars) == ["forward", "backward", "centered", "random"]
+    for scheme in ("forward", "centered"):
+        est = oracle_estimate(net, 0, scheme, 0.1, 6)
+        rows = ep.compare(copy.deepcopy(net).double(), est.grads, ref.grads)
+        np.testing.assert_allclose(bars[scheme].y, [r["cosine"] for r in rows], rtol=1e-10)
+        rel = [t for t in ex.figures["layers"].data if t.yaxis == "y2" and t.name == scheme][0]
+        np.testing.assert_allclose(rel.y, [r["rel_error"] for r in rows], rtol=1e-10)
+        k_curve = [t for t in ex.figures["iterations"].data if t.name == scheme][0]
+        assert k_curve.y[1] == pytest.approx(widgets.relative_error(est.grads, ref.grads),
+                                             rel=1e-10)
+
+
+def test_bias_slopes_one_sided_first_order_centered_second_order():
+    """oracle: METHOD.md §3 — at an exact nudged equilibrium the one-sided bias is O(β) and the
+    centered bias O(β²): log–log slopes ≈ 1 and ≈ 2; the fitted line is np.polyfit's."""
+    ex = widgets.GradientBiasExplorer({"m": small_mlp()}, batch_size=16, iterations=40,
+                                      schemes=("forward", "backward", "centered"),
+                                      betas=(1e-4, 3e-4, 1e-3), iterations_sweep=(40,))
+    assert ex.slopes["forward"] == pytest.approx(1.0, abs=0.1)
+    assert ex.slopes["backward"] == pytest.approx(1.0, abs=0.1)
+    assert ex.slopes["centered"] == pytest.approx(2.0, abs=0.1)
+    points = [t for t in ex.figures["beta"].data if t.name.startswith("centered (")][0]
+    fit = [t for t in ex.figures["beta"].data if t.name == "centered fit"][0]
+    line = np.polyfit(np.log10(points.x), np.log10(points.y), 1)
+    assert line[0] == pytest.approx(ex.slopes["centered"], rel=1e-12)
+    np.testing.assert_allclose(np.log10(fit.y), np.polyval(line, np.log10(points.x)))
+    assert f"slope {ex.slopes['centered']:.2f}" in points.name
+
+
+def test_bias_explorer_layer_view_costs_no_engine_calls(engine_calls):
+    """oracle: counted engine calls (the layer selector is view-only) and relative_error of that
+    layer computed from the cached estimates."""
+    ex = widgets.GradientBiasExplorer({"m": small_mlp()}, batch_size=8, schemes=("centered",),
+                                      betas=(0.01, 0.1), iterations_sweep=(4, 8))
+    n = len(engine_calls)
+    assert n == 1 + 1 + 2 + 2   # BP, the current point, the β sweep, the K sweep
+    ex.controls["layer"].value = 2
+    ex.controls["schemes"].value = ("centered",)
+    assert len(engine_calls) == n
+    est = ex.lab.estimate("m", 0, "centered", 0.1, ex.controls["iterations"].value)
+    ref = ex.lab.estimate("m", 0, "bp")
+    point = [t for t in ex.figures["beta"].data if t.name.startswith("centered (")][0]
+    assert point.y[1] == pytest.approx(widgets.relative_error(est.grads, ref.grads, 2))
+    assert "layer 2" in ex.figures["beta"].layout.title.text
+    ex.controls["iterations"].value = 8
+    assert len(engine_calls) == n + 2   # the new current point is the K sweep's; 2 new β points
+
+
+def test_explorer_defaults_pad_images_for_vgg5():
+    """oracle: fit_input zero-pads 28×28 to 32×32 (MNIST convention); vgg5 gives finite traces."""
+    x = torch.ones(2, 1, 28, 28)
+    padded = widgets.fit_input(x, (1, 32, 32))
+    assert padded.shape == (2, 1, 32, 32) and padded.sum() == x.sum()
+    assert padded[..., :2, :].abs().sum() == 0
+    ex = widgets.EnergyExplorer(batch_size=4, iterations=3)
+    ex.controls["model"].value = "vgg5 tiny"
+    assert all(math.isfinite(v) for v in ex.figures["energy"].data[0].y)
+
+
+def test_bad_inputs_raise_clear_errors():
+    """oracle: ValueErrors that name what was wrong and what is accepted."""
+    with pytest.raises(ValueError, match="accepted: forward, backward"):
+        widgets.GradientBiasExplorer(schemes=("central",))
+    with pytest.raises(ValueError, match="at least two values"):
+        widgets.GradientBiasExplorer(betas=(0.1,))
+    with pytest.raises(ValueError, match="may only be zero-padded"):
+        widgets.fit_input(torch.zeros(1, 3, 28, 28), (1, 32, 32))
+    with pytest.raises(ValueError, match="same number"):
+        widgets.Lab(data=(torch.zeros(4, 1, 28, 28), torch.zeros(3, dtype=torch.long)))
+    lab = widgets.Lab(batch_size=16)
+    with pytest.raises(ValueError, match=r"batch index must lie in \[0, 4\)"):
+        lab.batch("mlp 128-64", 4)
