@@ -1,0 +1,150 @@
+"""The run folder: ``config.json``, ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt``.
+
+* ``config.json`` — the full :class:`~workbench.train.TrainConfig`, written when the run starts.
+* ``metrics.jsonl`` — one JSON object per line, appended and flushed as the run goes.
+* ``checkpoint.pt`` — the latest checkpoint, written atomically (a temp file in the same folder,
+  fsync, ``os.replace``), so a kill at any moment leaves the previous checkpoint or the new one,
+  never a torn file. It records the length of ``metrics.jsonl`` at that moment: resuming
+  truncates the lines written after it, which the resumed run writes again.
+* ``summary.json`` — written at the end (or when the run stops on a non-finite value).
+
+Only the process that owns the folder (rank 0) writes; every process may read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["RunFolder", "config_diff", "atomic_write", "hardware", "git_commit"]
+
+CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", \
+    "checkpoint.pt"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def config_diff(saved: dict, new: dict, ignore=()) -> list[str]:
+    """``"key: saved → new"`` for every key whose value differs (JSON-normalised)."""
+    a, b = json.loads(json.dumps(saved)), json.loads(json.dumps(new))
+    return [f"{k}: {json.dumps(a.get(k))} → {json.dumps(b.get(k))}"
+            for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+
+
+class RunFolder:
+    """One run's folder. ``writer``: this process writes (rank 0); others only read."""
+
+    def __init__(self, path, writer: bool = True):
+        self.path, self.writer = Path(path), writer
+        self._metrics = None
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- starting and resuming -----------------------------------------------------------------
+    def start(self, config: dict, resume: bool, ignore=()) -> Optional[dict]:
+        """Create the folder for a new run, or check it for a resumed one.
+
+        New run: refuses a folder that already holds a run (never overwrites it). Resume:
+        refuses when the saved config differs (listing the differences, except keys in
+        ``ignore``); truncates ``metrics.jsonl`` to the checkpoint's length. Returns the
+        checkpoint to resume from, or None (a new run, or a resumed one killed before its
+        first checkpoint).
+        """
+        cfg_file, ckpt_file = self.file(CONFIG), self.file(CHECKPOINT)
+        if resume:
+            if not cfg_file.is_file():
+                raise ValueError(f"cannot resume: {cfg_file} does not exist (start the run "
+                                 f"without --resume, or point --run-dir at an existing run)")
+            saved = json.loads(cfg_file.read_text())
+            diff = config_diff(saved, config, ignore)
+            if diff:
+                raise ValueError(f"cannot resume {self.path}: its config differs from this one "
+                                 f"(saved → now):\n  " + "\n  ".join(diff) +
+                                 "\nResume with the saved values, or start a new --run-dir.")
+        elif cfg_file.exists() or ckpt_file.exists():
+            raise ValueError(f"{self.path} already holds a run; pass --resume to continue it, or "
+                             f"choose another --run-dir (nothing was overwritten)")
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True) \
+            if resume and ckpt_file.is_file() else None
+        if self.writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                atomic_write(cfg_file, lambda f: f.write(_json_bytes(config)))
+            metrics = self.file(METRICS)
+            keep = ckpt["metrics_bytes"] if ckpt is not None else 0
+            if metrics.exists() and metrics.stat().st_size > keep:
+                with open(metrics, "r+b") as f:
+                    f.truncate(keep)
+            self._metrics = open(metrics, "ab")
+        return ckpt
+
+    # -- writing -------------------------------------------------------------------------------
+    def append(self, row: dict) -> None:
+        if self.writer:
+            self._metrics.write((json.dumps(row) + "\n").encode())
+            self._metrics.flush()
+
+    def checkpoint(self, state: dict) -> None:
+        """Write ``state`` (plus the current length of ``metrics.jsonl``) atomically."""
+        if not self.writer:
+            return
+        self._metrics.flush()
+        os.fsync(self._metrics.fileno())
+        state = dict(state, metrics_bytes=self._metrics.tell())
+        atomic_write(self.file(CHECKPOINT), lambda f: torch.save(state, f))
+
+    def summary(self, summary: dict) -> None:
+        if self.writer:
+            atomic_write(self.file(SUMMARY), lambda f: f.write(_json_bytes(summary)))
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+
+def hardware(device: torch.device, world: int) -> dict:
+    """What ran the job: device, its name, CPU count, processes, torch and python versions."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        (platform.processor() or platform.machine())
+    return {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "processes": world,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def git_commit() -> str:
+    """The workbench checkout's commit (``+dirty`` with uncommitted changes), or ``unknown``."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain",
+                                "--untracked-files=no"], check=True, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")

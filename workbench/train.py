@@ -1,0 +1,568 @@
+"""``workbench train`` / :func:`run`: one training loop for EP and BP, into a run folder.
+
+One step: move the batch to the device (and apply the dataset's ``device_transform``), set the
+learning rate of the cosine schedule, let :func:`workbench.ep.estimate` write the gradient of the
+batch-mean cost into ``.grad`` (``scheme="bp"`` for backprop), average it over the processes,
+stop on a non-finite loss, energy or gradient, and take an SGD step (Nesterov momentum, weight
+decay on every parameter). Each epoch ends with a test pass, a line in ``metrics.jsonl`` and a
+checkpoint; every ``probe_every`` steps a *probe* line records the per-layer cosine and relative
+error of the EP estimate against the BP gradient on a fixed batch of training images.
+
+Everything random is a function of ``(seed, epoch, step)`` — data order, augmentation, the random
+scheme's signs (drawn for the GLOBAL batch and sliced per process) — and the learning rate is a
+function of the step, so a checkpoint (model, optimizer, counters, running sums, RNG state) is
+enough to continue to exactly the uninterrupted result on the CPU.
+
+Defaults follow the paper's VGG5 cross-entropy recipe (METHOD.md §5): β = 0.02, K = 5, lr 0.01,
+momentum 0.9 (Nesterov), weight decay 3e-4, batch 64, 100 epochs, cosine down to 1e-6. The cosine
+schedule is applied per step: ``lr(t) = min_lr + (lr − min_lr)(1 + cos(π t / T)) / 2``, ``T`` the
+number of steps of the whole run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from . import data, distributed, ep, models
+from .data.loader import EpochBatches, SeededItems, make_loader, mix_seed
+from .energy import COSTS, cost
+from .equilibrate import ORDERS, PRECISIONS, UPDATES, Precision, precision_context
+from .runfolder import CHECKPOINT, RunFolder, git_commit, hardware
+
+__all__ = ["TrainConfig", "run", "NonFiniteError", "add_arguments", "main"]
+
+ALGORITHMS = ("ep", "bp")
+PROGRESS = ("auto", "text", "none")
+#: fields that may change when a run is resumed (they do not change what is computed)
+RESUMABLE = ("resume", "progress", "workers", "run_dir", "data_root", "download", "device")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; the field names are the CLI flags with underscores."""
+    dataset: str = "fashion-mnist"
+    data_root: Optional[str] = None
+    model: str = "vgg5"
+    image_size: Optional[int] = None
+    algorithm: str = "ep"
+    scheme: str = "centered"
+    beta: float = 0.02
+    iterations: int = 5
+    cost: str = "ce"
+    update: str = "mod_pgd"
+    order: str = "async"
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-4
+    min_lr: float = 1e-6
+    limit_train: Optional[int] = None
+    limit_test: Optional[int] = None
+    checkpoint_every: int = 0
+    device: str = "auto"
+    seed: int = 0
+    run_dir: Optional[str] = None
+    resume: bool = False
+    progress: str = "auto"
+    workers: int = 0
+    probe_every: int = 100
+    probe_size: int = 64
+    precision: str = "strict"
+    eval_batch_size: int = 256
+    model_args: dict = field(default_factory=dict)
+    in_channels: Optional[int] = None
+    num_classes: Optional[int] = None
+    download: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; accepted: "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` naming the field, the value and what is accepted."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), hints[f.name])
+        choices = {"dataset": data.available(), "model": models.available(),
+                   "algorithm": ALGORITHMS, "scheme": ep.SCHEMES, "cost": COSTS,
+                   "update": UPDATES, "order": ORDERS, "progress": PROGRESS,
+                   "precision": PRECISIONS}
+        for name, accepted in choices.items():
+            if getattr(self, name) not in accepted:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; accepted: "
+                                 f"{', '.join(accepted)}")
+        rules = [("beta", self.beta > 0 and math.isfinite(self.beta), "> 0"),
+                 ("iterations", self.iterations >= 1, ">= 1"),
+                 ("epochs", self.epochs >= 1, ">= 1"),
+                 ("batch_size", self.batch_size >= 1, ">= 1"),
+                 ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
+                 ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                 ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                 ("min_lr", 0 <= self.min_lr <= self.lr, "in [0, lr]"),
+                 ("limit_train", self.limit_train is None or self.limit_train >= 1, ">= 1"),
+                 ("limit_test", self.limit_test is None or self.limit_test >= 1, ">= 1"),
+                 ("image_size", self.image_size is None or self.image_size >= 1, ">= 1"),
+                 ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: every epoch only)"),
+                 ("workers", self.workers >= 0, ">= 0"),
+                 ("probe_every", self.probe_every >= 0, ">= 0 (0: no probe)"),
+                 ("probe_size", self.probe_size >= 1, ">= 1"),
+                 ("eval_batch_size", self.eval_batch_size >= 1, ">= 1")]
+        for name, ok, accepted in rules:
+            if not ok:
+                raise ValueError(f"{name} must be {accepted}, got {getattr(self, name)!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0 (or pass --no-nesterov)")
+        if self.resume and not self.run_dir:
+            raise ValueError("resume needs run_dir: the folder of the run to continue")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        return self
+
+
+def _check_type(name: str, value, hint) -> None:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None and optional:
+        return
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str),
+          dict: isinstance(value, dict)}[base]
+    if not ok:
+        raise ValueError(f"{name} must be {'None or ' if optional else ''}{base.__name__}, got "
+                         f"{value!r}")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss, an energy or a gradient became NaN or Inf; the run stopped."""
+
+
+def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
+    """The learning rate used for step ``step`` (0-based) of ``total``."""
+    return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * step / total)) / 2
+
+
+# ---------------------------------------------------------------------------------------------
+# progress display
+# ---------------------------------------------------------------------------------------------
+class Progress:
+    """``tqdm``: a bar per epoch; ``text``: about ten plain lines per epoch; ``none``: silent."""
+
+    def __init__(self, mode: str, enabled: bool):
+        if mode == "auto":
+            mode = "tqdm" if sys.stderr.isatty() else "text"
+        self.mode = mode if enabled else "none"
+        self.bar = None
+
+    def epoch(self, epoch: int, epochs: int, start: int, total: int) -> None:
+        self.total, self.tag = total, f"epoch {epoch + 1}/{epochs}"
+        self.every = max(1, total // 10)
+        if self.mode == "tqdm":
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, desc=self.tag, leave=False,
+                            dynamic_ncols=True)
+
+    def step(self, i: int, loss: float, lr: float) -> None:
+        if self.mode == "tqdm":
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+        elif self.mode == "text" and (i % self.every == 0 or i == self.total):
+            print(f"{self.tag} step {i}/{self.total} loss {loss:.4f} lr {lr:.3g}", flush=True)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.mode != "none":
+            print(text, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+def _default_run_dir(cfg: TrainConfig) -> str:
+    what = cfg.algorithm if cfg.algorithm == "bp" else f"ep-{cfg.scheme}"
+    return str(Path("runs") / f"{cfg.model}-{cfg.dataset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+class Trainer:
+    """One run: data, model, optimizer, run folder, and the loop. Use :func:`run`."""
+
+    def __init__(self, cfg: TrainConfig, dist: distributed.Dist, device: torch.device,
+                 callback: Optional[Callable[[dict], None]] = None):
+        self.cfg, self.dist, self.device, self.callback = cfg, dist, device, callback
+        size = cfg.image_size or (32 if cfg.model == "vgg5" else None)
+        kw = dict(data_root=cfg.data_root, image_size=size, in_channels=cfg.in_channels,
+                  num_classes=cfg.num_classes, download=cfg.download)
+        self.train_set = data.build(cfg.dataset, "train", **kw)
+        self.test_set = data.build(cfg.dataset, "test", **kw)
+        shape = data.describe(self.train_set, cfg.dataset, size)
+        torch.manual_seed(cfg.seed)
+        self.net = models.build(cfg.model, **shape, **cfg.model_args).to(device)
+        self.params = list(self.net.parameters())
+        self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
+                                   nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        n_train = min(len(self.train_set), cfg.limit_train or len(self.train_set))
+        n_test = min(len(self.test_set), cfg.limit_test or len(self.test_set))
+        self.sampler = EpochBatches(n_train, cfg.batch_size, seed=cfg.seed, rank=dist.rank,
+                                    world=dist.world, augment=True)
+        self.test_sampler = EpochBatches(n_test, cfg.eval_batch_size, shuffle=False,
+                                         drop_last=False, rank=dist.rank, world=dist.world)
+        pin = device.type == "cuda"
+        self.loader = make_loader(self.train_set, self.sampler, workers=cfg.workers,
+                                  pin_memory=pin)
+        self.test_loader = make_loader(self.test_set, self.test_sampler, workers=cfg.workers,
+                                       pin_memory=pin)
+        self.steps_per_epoch = self.sampler.steps_per_epoch()
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.n_train, self.n_test = n_train, n_test
+        self.precision = Precision.make(cfg.precision, torch.float32, device)
+        self.step, self.epoch, self.elapsed = 0, 0, 0.0
+        self.acc = self._fresh_acc()
+        self.best: dict = {}
+        self.last: dict = {}
+        self.progress = Progress(cfg.progress, dist.is_main)
+        self.folder = RunFolder(cfg.run_dir, writer=dist.is_main)
+
+    @staticmethod
+    def _fresh_acc() -> dict:
+        return {"loss": 0.0, "energy": 0.0, "change": 0.0, "steps": 0, "seconds": 0.0}
+
+    # -- batches -------------------------------------------------------------------------------
+    def _to_device(self, dataset, x: torch.Tensor, y: torch.Tensor):
+        x = x.to(self.device, non_blocking=True)
+        transform = getattr(dataset, "device_transform", None)
+        x = transform(x) if transform is not None else x.float()
+        return x, y.to(self.device, non_blocking=True)
+
+    def _signs(self, n: int) -> torch.Tensor:
+        """The random scheme's ±1 per example: drawn for the global batch, sliced per rank."""
+        gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, "signs", self.step))
+        signs = torch.randint(0, 2, (self.cfg.batch_size,), generator=gen) * 2 - 1
+        per = self.cfg.batch_size // self.dist.world
+        return signs[self.dist.rank * per:self.dist.rank * per + n]
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+        cfg = self.cfg
+        x, y = self._to_device(self.train_set, x, y)
+        lr = cosine_lr(self.step, self.total_steps, cfg.lr, cfg.min_lr)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        if cfg.algorithm == "bp":
+            est = ep.estimate(self.net, x, y, scheme="bp", cost=cfg.cost,
+                              precision=cfg.precision)
+        else:
+            est = ep.estimate(self.net, x, y, scheme=cfg.scheme, beta=cfg.beta,
+                              iterations=cfg.iterations, cost=cfg.cost, update=cfg.update,
+                              order=cfg.order, signs=self._signs(len(y)) if cfg.scheme ==
+                              "random" else "example", precision=cfg.precision, trace=False)
+        phases = est.trace.phases
+        stats = torch.tensor([est.loss,
+                              sum(p.final_energy for p in phases) / max(len(phases), 1),
+                              sum(float(p.state_change[-1].max()) for p in phases)
+                              / max(len(phases), 1)], device=self.device)
+        grads = [p.grad for p in self.params]
+        self.dist.average(grads + [stats])
+        grad_sq = torch.stack([g.double().pow(2).sum() for g in grads]).sum()
+        loss, energy, change = stats.tolist()
+        for what, value in (("training loss", loss), ("final energy", energy),
+                            ("gradient norm", float(grad_sq.sqrt()))):
+            if not math.isfinite(value):
+                raise NonFiniteError(self._stop_message(what, value))
+        self.opt.step()
+        self.step += 1
+        return loss, energy, change
+
+    def _stop_message(self, what: str, value: float) -> str:
+        ckpt = self.folder.file(CHECKPOINT)
+        kept = (f"the last good checkpoint is kept: {ckpt}" if ckpt.exists()
+                else "no checkpoint had been written yet")
+        return (f"stopped at step {self.step + 1} (epoch {self.epoch + 1}): the {what} is "
+                f"{value}; {kept}. Lower --lr or --beta, or check the data.")
+
+    # -- measurements --------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Test loss and top-1 / top-5 error (fractions) over the first ``n_test`` examples."""
+        k = min(5, self.net.num_classes)
+        totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        fast = self.precision.name == "fast" and self.device.type == "cuda"
+        self.test_sampler.set_epoch(0)
+        with precision_context(self.precision):
+            for x, y in self.test_loader:
+                x, y = self._to_device(self.test_set, x, y)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
+                    logits = self.net(x).float()
+                top = logits.topk(k, 1).indices
+                totals += torch.stack([
+                    torch.tensor(float(len(y)), device=self.device),
+                    cost(self.cfg.cost, logits, y).double().sum(),
+                    (top[:, 0] != y).double().sum(),
+                    (~(top == y[:, None]).any(1)).double().sum()])
+        self.dist.sum([totals])
+        n, loss, wrong1, wrongk = totals.tolist()
+        return {"test_loss": loss / n, "test_top1_error": wrong1 / n,
+                "test_top5_error": wrongk / n}
+
+    def probe(self) -> None:
+        """Per-layer cosine / relative error of the EP estimate vs BP on the fixed probe batch."""
+        if not self.dist.is_main:
+            return
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(mix_seed(cfg.seed, "probe"))
+        idx = torch.randperm(self.n_train, generator=gen)[:cfg.probe_size].tolist()
+        x, y = SeededItems(self.train_set, augment=False).__getitems__([(i, 0) for i in idx])
+        x, y = self._to_device(self.train_set, x, y)
+        ref, _, _ = ep.bp_gradients(self.net, x, y, cfg.cost, "strict")
+        est = ep.estimate(self.net, x, y, scheme=cfg.scheme, beta=cfg.beta,
+                          iterations=cfg.iterations, cost=cfg.cost, update=cfg.update,
+                          order=cfg.order, precision=cfg.precision, trace=False,
+                          accumulate=False, generator=gen)
+        rows = ep.compare(self.net, est.grads, ref)
+        self._emit({"type": "probe", "epoch": self.epoch, "step": self.step,
+                    "scheme": cfg.scheme, "beta": cfg.beta, "iterations": cfg.iterations,
+                    "cosine": [r["cosine"] for r in rows],
+                    "rel_error": [r["rel_error"] for r in rows],
+                    "final_energy": sum(p.final_energy for p in est.trace.phases)
+                    / len(est.trace.phases)})
+
+    def _emit(self, row: dict) -> None:
+        if not self.dist.is_main:
+            return
+        self.folder.append(row)
+        if self.callback is not None:
+            self.callback(row)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> None:
+        self.folder.checkpoint({
+            "format": 1, "step": self.step, "epoch": self.epoch, "elapsed": self._elapsed(),
+            "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+            "acc": dict(self.acc), "best": dict(self.best), "last": dict(self.last),
+            "torch_rng": torch.get_rng_state()})
+
+    def load(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.step, self.epoch, self.elapsed = ckpt["step"], ckpt["epoch"], ckpt["elapsed"]
+        self.acc, self.best, self.last = ckpt["acc"], ckpt["best"], ckpt["last"]
+        torch.set_rng_state(ckpt["torch_rng"])
+
+    def _elapsed(self) -> float:
+        return self.elapsed + time.perf_counter() - self._t0
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        self._t0 = time.perf_counter()
+        ckpt = None
+        if self.dist.is_main:
+            ckpt = self.folder.start(cfg.to_dict(), cfg.resume, ignore=RESUMABLE)
+        self.dist.barrier()
+        if not self.dist.is_main and cfg.resume:
+            ckpt = self.folder.start(cfg.to_dict(), True, ignore=RESUMABLE)
+        try:
+            if ckpt is not None:
+                self.load(ckpt)
+            elif cfg.probe_every:
+                self.probe()
+            for epoch in range(self.epoch, cfg.epochs):
+                self._run_epoch(epoch)
+            return self._finish("completed")
+        except NonFiniteError as e:
+            self._finish("non_finite", str(e))
+            raise
+        finally:
+            self.folder.close()
+
+    def _run_epoch(self, epoch: int) -> None:
+        cfg, spe = self.cfg, self.steps_per_epoch
+        start = self.step - epoch * spe
+        self.sampler.set_epoch(epoch, start)
+        self.progress.epoch(epoch, cfg.epochs, start, spe)
+        tick = time.perf_counter()
+        for x, y in self.loader:
+            loss, energy, change = self.train_step(x, y)
+            acc = self.acc
+            acc["loss"] += loss
+            acc["energy"] += energy
+            acc["change"] += change
+            acc["steps"] += 1
+            self.progress.step(self.step - epoch * spe, loss, self.opt.param_groups[0]["lr"])
+            if cfg.probe_every and self.step % cfg.probe_every == 0:
+                self.probe()
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
+                    and self.step % spe:
+                acc["seconds"] += time.perf_counter() - tick
+                tick = time.perf_counter()
+                self.save()
+        self.acc["seconds"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        test = self.evaluate()
+        acc, ep_mode = self.acc, cfg.algorithm == "ep"
+        row = {"type": "epoch", "epoch": epoch + 1, "step": self.step,
+               "train_loss": acc["loss"] / acc["steps"], **test,
+               "lr": self.opt.param_groups[0]["lr"],
+               "images_per_second": acc["steps"] * cfg.batch_size / max(acc["seconds"], 1e-9),
+               "seconds": acc["seconds"] + time.perf_counter() - tick,
+               "final_energy": acc["energy"] / acc["steps"] if ep_mode else None,
+               "final_state_change": acc["change"] / acc["steps"] if ep_mode else None}
+        self.last = row
+        if not self.best or row["test_top1_error"] < self.best["test_top1_error"]:
+            self.best = {"epoch": epoch + 1, "test_top1_error": row["test_top1_error"],
+                         "test_top5_error": row["test_top5_error"]}
+        self._emit(row)
+        self.progress.line(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}"
+                           f", test top-1 error {row['test_top1_error']:.4f}, top-5 "
+                           f"{row['test_top5_error']:.4f}, {row['images_per_second']:.0f} img/s")
+        self.epoch, self.acc = epoch + 1, self._fresh_acc()
+        self.save()
+
+    def _finish(self, status: str, message: Optional[str] = None) -> dict:
+        summary = {"status": status, "run_dir": str(self.folder.path), "epochs": self.epoch,
+                   "steps": self.step, "train_examples": self.n_train,
+                   "test_examples": self.n_test,
+                   "test_top1_error": self.last.get("test_top1_error"),
+                   "test_top5_error": self.last.get("test_top5_error"),
+                   "test_loss": self.last.get("test_loss"),
+                   "train_loss": self.last.get("train_loss"),
+                   "best_test_top1_error": self.best.get("test_top1_error"),
+                   "best_test_top5_error": self.best.get("test_top5_error"),
+                   "best_epoch": self.best.get("epoch"),
+                   "wall_time_seconds": self._elapsed(),
+                   "hardware": hardware(self.device, self.dist.world),
+                   "git_commit": git_commit(), "config": self.cfg.to_dict()}
+        if message:
+            summary["message"] = message
+        self.folder.summary(summary)
+        return summary
+
+
+def run(config, callback: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train as ``config`` (a :class:`TrainConfig` or a dict of its fields) says; return the
+    summary written to ``summary.json``. ``callback(row)`` gets every row of ``metrics.jsonl``.
+
+    Raises ``ValueError`` for a bad config, :class:`~workbench.data.DatasetNotFoundError` for
+    missing data and :class:`NonFiniteError` when the run diverges (its last good checkpoint
+    stays in the run folder).
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    cfg = dataclasses.replace(cfg).validate()
+    dist, device = distributed.setup(cfg.device)
+    try:
+        cfg.run_dir = dist.broadcast(cfg.run_dir or _default_run_dir(cfg))
+        return Trainer(cfg, dist, device, callback).fit()
+    finally:
+        dist.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+HELP = {
+    "dataset": "dataset name", "data_root": "folder holding the datasets (else $WORKBENCH_DATA)",
+    "image_size": "input size (default: 32 for vgg5, else the dataset's own)",
+    "algorithm": "ep (the estimator --scheme) or bp (backprop)",
+    "scheme": "EP estimator", "beta": "nudging strength β > 0", "iterations": "K per phase",
+    "batch_size": "the GLOBAL batch (split over the processes)",
+    "lr": "peak learning rate (cosine schedule over all steps)", "min_lr": "final learning rate",
+    "limit_train": "use only the first N training images",
+    "limit_test": "use only the first N test images",
+    "checkpoint_every": "also checkpoint every N steps (0: each epoch only)",
+    "device": "auto, cpu, cuda or cuda:N", "run_dir": "run folder (default: runs/<name>-<time>)",
+    "resume": "continue the run in --run-dir from its checkpoint (flags not given are taken "
+              "from its config.json; flags that differ are refused)",
+    "progress": "auto: a bar on a terminal, text lines otherwise",
+    "workers": "DataLoader worker processes", "probe_every": "log EP-vs-BP gradient cosines "
+    "every N steps (0: never)", "probe_size": "images in the fixed probe batch",
+    "precision": "strict (fp32, TF32 off) or fast (bf16 convs)",
+    "model_args": "model override NAME=VALUE (JSON value), e.g. widths=[256,256]; repeatable",
+    "in_channels": "channels of the synthetic dataset", "num_classes": "classes of synthetic",
+    "download": "let torchvision download MNIST / Fashion-MNIST / CIFAR when missing",
+}
+
+
+def _model_arg(text: str) -> tuple:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field. Defaults are applied in :func:`main`, so that
+    ``--resume`` can tell the flags given from the ones left out."""
+    defaults = TrainConfig()
+    hints = typing.get_type_hints(TrainConfig)
+    choices = {"dataset": data.available(), "model": models.available(),
+               "algorithm": ALGORITHMS, "scheme": ep.SCHEMES, "cost": COSTS, "update": UPDATES,
+               "order": ORDERS, "progress": PROGRESS, "precision": PRECISIONS}
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        text = f"{HELP.get(f.name, '')} (default: {default})".strip()
+        if f.name == "model_args":
+            p.add_argument("--model-arg", dest="model_args", action="append", type=_model_arg,
+                           default=argparse.SUPPRESS, metavar="NAME=VALUE", help=HELP[f.name])
+        elif f.name == "resume":
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
+        elif hints[f.name] is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=text)
+        else:
+            base = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)),
+                        hints[f.name])
+            p.add_argument(flag, type=base, choices=choices.get(f.name),
+                           default=argparse.SUPPRESS, help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The flags given, over the saved config (``--resume``) or the defaults."""
+    given = {k: v for k, v in vars(args).items() if k != "command"}
+    if "model_args" in given:
+        given["model_args"] = dict(given["model_args"])
+    base = TrainConfig().to_dict()
+    saved = Path(given.get("run_dir") or "") / "config.json"
+    if given.get("resume") and saved.is_file():
+        base = json.loads(saved.read_text())
+    return TrainConfig.from_dict({**base, **given})
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        summary = run(config_from_args(args))
+    except (ValueError, FileNotFoundError, NonFiniteError) as e:
+        print(f"workbench train: error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, NonFiniteError) else 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {summary['run_dir']}\ntest top-1 error "
+              f"{summary['test_top1_error']:.4f}, top-5 {summary['test_top5_error']:.4f}, "
+              f"best top-1 {summary['best_test_top1_error']:.4f} (epoch "
+              f"{summary['best_epoch']}), {summary['wall_time_seconds']:.1f} s")
+    return 0
