@@ -127,21 +127,28 @@ def test_bias_explorer_per_layer_bars_match_compare():
                                              rel=1e-10)
 
 
-def test_bias_slopes_one_sided_first_order_centered_second_order():
-    """oracle: METHOD.md §3 — at an exact nudged equilibrium the one-sided bias is O(β) and the
-    centered bias O(β²): log–log slopes ≈ 1 and ≈ 2; the fitted line is np.polyfit's."""
+def test_bias_slopes_one_sided_first_order_centered_second_order(engine_calls):
+    """oracle: METHOD.md §3 — at an exact nudged equilibrium, below the first ReLU switch, the
+    one-sided bias is O(β) and the centered bias O(β²): log–log slopes ≈ 1 and ≈ 2; the fitted
+    line is np.polyfit's over β ≤ the fit control; moving that control recomputes nothing."""
     ex = widgets.GradientBiasExplorer({"m": small_mlp()}, batch_size=16, iterations=40,
                                       schemes=("forward", "backward", "centered"),
-                                      betas=(1e-4, 3e-4, 1e-3), iterations_sweep=(40,))
-    assert ex.slopes["forward"] == pytest.approx(1.0, abs=0.1)
-    assert ex.slopes["backward"] == pytest.approx(1.0, abs=0.1)
-    assert ex.slopes["centered"] == pytest.approx(2.0, abs=0.1)
+                                      betas=(1e-4, 3e-4, 1e-3, 0.1), iterations_sweep=(40,))
+    assert ex.controls["fit"].value == 1e-3
+    assert ex.slopes["forward"] == pytest.approx(1.0, abs=0.05)
+    assert ex.slopes["backward"] == pytest.approx(1.0, abs=0.05)
+    assert ex.slopes["centered"] == pytest.approx(2.0, abs=0.05)
     points = [t for t in ex.figures["beta"].data if t.name.startswith("centered (")][0]
     fit = [t for t in ex.figures["beta"].data if t.name == "centered fit"][0]
-    line = np.polyfit(np.log10(points.x), np.log10(points.y), 1)
+    line = np.polyfit(np.log10(points.x[:3]), np.log10(points.y[:3]), 1)
     assert line[0] == pytest.approx(ex.slopes["centered"], rel=1e-12)
-    np.testing.assert_allclose(np.log10(fit.y), np.polyval(line, np.log10(points.x)))
+    np.testing.assert_allclose(np.log10(fit.y), np.polyval(line, np.log10(points.x[:3])))
     assert f"slope {ex.slopes['centered']:.2f}" in points.name
+    n = len(engine_calls)
+    ex.controls["fit"].value = 0.1
+    assert len(engine_calls) == n
+    assert ex.slopes["centered"] == pytest.approx(widgets.log_slope(points.x, points.y))
+    assert len([t for t in ex.figures["beta"].data if t.name == "centered fit"][0].x) == 4
 
 
 def test_bias_explorer_layer_view_costs_no_engine_calls(engine_calls):

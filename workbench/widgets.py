@@ -32,7 +32,7 @@ from . import ep, models
 from .equilibrate import ORDERS, UPDATES
 
 __all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "default_models", "synthetic_data",
-           "fit_input", "log_slope", "relative_error", "load_run"]
+           "examples", "fit_input", "log_slope", "relative_error", "load_run"]
 
 COLORS = {"forward": "#1f77b4", "backward": "#d62728", "centered": "#2ca02c",
           "random": "#9467bd"}
@@ -60,6 +60,20 @@ def synthetic_data(n: int = 64, in_channels: int = 1, image_size: int = 28,
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((n, in_channels, image_size, image_size), generator=gen)
     return x, torch.randint(0, num_classes, (n,), generator=gen)
+
+
+def examples(dataset: str = "fashion-mnist", n: int = 256, *, split: str = "test",
+             data_root: Optional[str] = None,
+             image_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` examples of a dataset split as a model sees them: float images
+    ``(n, C, S, S)`` (normalised by the dataset's ``device_transform``) and labels ``(n,)``."""
+    from . import data
+    ds = data.build(dataset, split, data_root=data_root, image_size=image_size)
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    x = torch.stack([torch.as_tensor(image) for image, _ in items])
+    y = torch.tensor([int(label) for _, label in items])
+    transform = getattr(ds, "device_transform", None)
+    return (transform(x) if transform is not None else x.float()), y
 
 
 def fit_input(x: torch.Tensor, in_shape: Sequence[int]) -> torch.Tensor:
@@ -364,18 +378,20 @@ class GradientBiasExplorer(_Explorer):
     """Each scheme's estimate against the backprop gradient of the same batch.
 
     Controls: ``model``, ``batch``, ``beta``, ``iterations``, ``update``, ``order``, ``schemes``
-    (those compared); view only: ``layer`` (0 = all parameters; else one layer, for the sweeps).
-    Figures: ``layers`` (per-layer cosine and relative error, one bar group per scheme, at the
-    current β and K), ``beta`` (relative error against β on log–log axes over ``betas``, with the
-    least-squares slope in each legend entry and a dashed fitted line), ``iterations`` (relative
-    error against K over ``iterations_sweep`` at the current β). ``.slopes``: scheme → fitted
-    slope of the β sweep (oracle: one-sided O(β) → 1, centered O(β²) → 2, METHOD.md §3).
+    (those compared); view only: ``layer`` (0 = all parameters; else one layer, for the sweeps)
+    and ``fit`` (the largest β of the slope fit). Figures: ``layers`` (per-layer cosine and
+    relative error, one bar group per scheme, at the current β and K), ``beta`` (relative error
+    against β on log–log axes over ``betas``, with the least-squares slope over β ≤ ``fit`` in
+    each legend entry and as a dashed line), ``iterations`` (relative error against K over
+    ``iterations_sweep`` at the current β). ``.slopes``: scheme → that slope (theory, METHOD.md
+    §3: one-sided O(β) → 1, centered O(β²) → 2, while no ReLU unit switches between the free and
+    nudged states; the default ``fit`` is the largest β ≤ 1e-3, below the usual first switch).
     """
 
     def __init__(self, models=None, data=None, *, batch_size: int = 16, cost: str = "ce",
                  beta: float = 0.05, iterations: int = 20,
                  schemes: Sequence[str] = ("forward", "backward", "centered", "random"),
-                 betas: Sequence[float] = (0.003, 0.01, 0.03, 0.1, 0.3),
+                 betas: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1),
                  iterations_sweep: Sequence[int] = (1, 2, 4, 8, 16, 32),
                  dtype: torch.dtype = torch.float64, seed: int = 0, lab: Optional[Lab] = None):
         for s in schemes:
@@ -394,6 +410,9 @@ class GradientBiasExplorer(_Explorer):
             "schemes": W.SelectMultiple(options=list(ep.SCHEMES), value=tuple(schemes),
                                         description="schemes", rows=4),
             "layer": W.Dropdown(options=[("all", 0)], value=0, description="sweep layer"),
+            "fit": W.Dropdown(options=[(f"{b:g}", b) for b in self.betas[1:]],
+                              value=max([b for b in self.betas[1:] if b <= 1e-3],
+                                        default=self.betas[-1]), description="fit β ≤"),
         }
         super().__init__(lab, beta, iterations, extra)
 
@@ -451,14 +470,15 @@ class GradientBiasExplorer(_Explorer):
         _replace(self.figures["layers"], cos + rel)
         self.slopes = {}
         beta_traces, k_traces = [], []
+        fitted = [b for b in self.betas if b <= self.controls["fit"].value]
         for s in schemes:
             errs = [self.error(s, beta=b) for b in self.betas]
-            self.slopes[s] = log_slope(self.betas, errs)
-            fit = np.polyfit(np.log10(self.betas), np.log10(errs), 1)
+            self.slopes[s] = log_slope(fitted, errs[:len(fitted)])
+            line = np.polyfit(np.log10(fitted), np.log10(errs[:len(fitted)]), 1)
             beta_traces += [
                 go.Scatter(x=self.betas, y=errs, mode="markers", marker_color=COLORS[s],
                            name=f"{s} (slope {self.slopes[s]:.2f})", legendgroup=s),
-                go.Scatter(x=self.betas, y=(10 ** np.polyval(fit, np.log10(self.betas))).tolist(),
+                go.Scatter(x=fitted, y=(10 ** np.polyval(line, np.log10(fitted))).tolist(),
                            mode="lines", line=dict(dash="dash", color=COLORS[s]),
                            showlegend=False, legendgroup=s, name=f"{s} fit")]
             k_traces.append(go.Scatter(
@@ -469,7 +489,8 @@ class GradientBiasExplorer(_Explorer):
         layer = self.controls["layer"].value
         where = "all parameters" if not layer else f"layer {layer}"
         self.figures["beta"].layout.title.text = (
-            f"relative error against β ({where}, K={self.controls['iterations'].value})")
+            f"relative error against β ({where}, K={self.controls['iterations'].value}; "
+            f"slopes fitted for β ≤ {fitted[-1]:g})")
         self.figures["iterations"].layout.title.text = (
             f"relative error against K ({where}, β={self.controls['beta'].value:.2g})")
         self.status.value = (f"<b>{self.controls['model'].value}</b>, batch "
