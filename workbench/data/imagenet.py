@@ -16,7 +16,8 @@ Where the work happens is a choice (``build(..., decode=, device_normalize=)``):
 * ``decode="device"``: workers only read the file and draw the crop/flip; items are the encoded
   JPEG with a small header (uint8, 1-D; a batch is padded to its longest file), and
   ``device_transform`` decodes the batch with ``torchvision.io.decode_jpeg(..., device=<the
-  batch's device>)`` (nvJPEG on CUDA), crops, flips and normalises there.
+  batch's device>)`` (nvJPEG on CUDA), crops, flips and normalises there. ``batch()`` and
+  ``collate()`` pad a batch of encoded items to its longest file.
 
 The training loop applies ``dataset.device_transform`` (when the attribute exists) to every image
 batch after moving it to the device. ``bench_loader`` measures the input pipeline alone.
@@ -32,11 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+from .locate import DatasetNotFoundError, search_roots
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -44,8 +47,9 @@ SPLITS = ("train", "val")
 DECODES = ("cpu", "device")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 HEADER = 6  # int64 fields before the JPEG bytes: nbytes, top, left, height, width, flip
-HOW_TO = ("create it from the official archives with: python -m data_prep.imagenet "
-          "--source <folder with ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
+HOW_TO = ("Pass --data-root (or set $WORKBENCH_DATA) to the folder holding train/ and val/. "
+          "Create it from the official archives with: python -m data_prep.imagenet --source "
+          "<folder with ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
           "ILSVRC2012_devkit_t12.tar.gz> --dest {root}")
 
 __all__ = ["MEAN", "STD", "build", "ImageNetFolder", "Normalize", "DeviceDecode",
@@ -107,29 +111,35 @@ class DeviceDecode:
         return self.normalize(torch.stack(out))
 
 
-def _missing(root: Path, what: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"{what}. Expected the layout {root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG "
-        f"(as written by data_prep.imagenet); " + HOW_TO.format(root=root))
-
-
 def _class_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir()) if folder.is_dir() else []
 
 
+def locate(root: str | None, split: str) -> Path:
+    """The folder holding ``<split>/<wnid>/``: ``root`` or ``root/imagenet``, where ``root`` is
+    ``data_root`` or else ``$WORKBENCH_DATA``. Raises :class:`DatasetNotFoundError` naming every
+    folder tried and how to create one."""
+    tried = []
+    for base in search_roots(root):
+        for folder in (base, base / "imagenet"):
+            tried.append(folder / split)
+            if (folder / split).is_dir():
+                return folder
+    raise DatasetNotFoundError("imagenet", tried, [f"{split}/<wnid>/*.JPEG"],
+                               HOW_TO.format(root=root or "<data root>"))
+
+
 def _scan(root: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(classes, relative paths as bytes, labels)`` for ``root/split``."""
-    if not root.is_dir():
-        raise _missing(root, f"ImageNet root {root} does not exist")
     folder = root / split
-    if not folder.is_dir():
-        raise _missing(root, f"no {split} split: {folder} does not exist")
     loose = [e.name for e in os.scandir(folder) if e.is_file() and
              e.name.lower().endswith(IMAGE_SUFFIXES)]
     if loose:
-        raise _missing(root, f"{folder} holds {len(loose)} images outside class folders (e.g. "
-                             f"{loose[0]}), like the flat ILSVRC2012 val folder; they must be "
-                             f"sorted into <wnid>/ folders")
+        raise DatasetNotFoundError(
+            "imagenet", [folder], [f"{split}/<wnid>/*.JPEG"],
+            f"{folder} holds {len(loose)} images outside class folders (e.g. {loose[0]}), like "
+            f"the flat ILSVRC2012 val folder; they must be sorted into <wnid>/ folders: "
+            + HOW_TO.format(root=root))
     classes = sorted(set(_class_dirs(root / "train")) | set(_class_dirs(root / "val")))
     paths, labels = [], []
     for label, wnid in enumerate(classes):
@@ -140,7 +150,8 @@ def _scan(root: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         paths += [f"{wnid}/{n}" for n in names]
         labels += [label] * len(names)
     if not paths:
-        raise _missing(root, f"{folder} holds no images in <wnid>/ class folders")
+        raise DatasetNotFoundError("imagenet", [folder], [f"{split}/<wnid>/*.JPEG"],
+                                   "its class folders are empty. " + HOW_TO.format(root=root))
     return classes, np.array(paths, dtype=np.bytes_), np.array(labels, dtype=np.int64)
 
 
@@ -161,7 +172,8 @@ class ImageNetFolder(Dataset):
             raise ValueError(f"unknown decode {decode!r}; accepted: {', '.join(DECODES)}")
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
-        self.root, self.split, self.image_size, self.decode = Path(root), split, image_size, decode
+        self.root, self.split, self.image_size, self.decode = locate(root, split), split, \
+            image_size, decode
         self.classes, self._paths, self._labels = _scan(self.root, split)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.geometry = _geometry(split, image_size)
@@ -186,14 +198,27 @@ class ImageNetFolder(Dataset):
         img = self.geometry(decode_image(data, mode=ImageReadMode.RGB))
         return (self.normalize(img) if self._normalize_here else img), label
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
-        """A batch's items; encoded items are zero-padded to the batch's longest so that the
-        default collate can stack them."""
-        items = [self[i] for i in indices]
-        if self.decode != "device":
-            return items
-        width = max(x.numel() for x, _ in items)
-        return [(torch.nn.functional.pad(x, (0, width - x.numel())), y) for x, y in items]
+    def collate(self, items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack items into ``(x, y)``; encoded items are zero-padded to the longest first."""
+        if self.decode == "device":
+            width = max(x.numel() for x, _ in items)
+            items = [(torch.nn.functional.pad(x, (0, width - x.numel())), y) for x, y in items]
+        return default_collate(items)
+
+    def batch(self, indices: torch.Tensor, seeds: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch ``(x, y)`` of ``indices``; with ``seeds``, item ``k``'s random crop and flip
+        are drawn from torch's RNG seeded with ``seeds[k]`` (so a batch is a pure function of its
+        keys: exact resume, same batches on any number of processes). The training loader
+        (:mod:`workbench.data.loader`) calls this."""
+        if seeds is None:
+            return self.collate([self[i] for i in indices.tolist()])
+        items = []
+        for i, seed in zip(indices.tolist(), seeds.tolist()):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                items.append(self[i])
+        return self.collate(items)
 
     def _encoded(self, index: int, data: torch.Tensor) -> torch.Tensor:
         """``HEADER`` int64 (nbytes, crop top, left, height, width, flip) + the JPEG bytes."""
@@ -214,10 +239,11 @@ class ImageNetFolder(Dataset):
         return torch.cat([header.view(torch.uint8), data])
 
 
-def build(root: str, split: str, image_size: int, *, decode: str = "cpu",
+def build(root: str | None, split: str, image_size: int, *, decode: str = "cpu",
           device_normalize: bool = False) -> ImageNetFolder:
-    """The ImageNet ``split`` ("train" or "val") under ``root`` at ``image_size`` pixels; raises
-    ``FileNotFoundError`` naming where it looked and how to create the folder."""
+    """The ImageNet ``split`` ("train" or "val") under ``root`` (or ``root/imagenet``; ``None``:
+    ``$WORKBENCH_DATA``) at ``image_size`` pixels; raises :class:`DatasetNotFoundError` (a
+    ``FileNotFoundError``) naming where it looked and how to create the folder."""
     return ImageNetFolder(root, split, image_size, decode=decode,
                           device_normalize=device_normalize)
 
@@ -293,7 +319,8 @@ def _loader_rate(ds: ImageNetFolder, batch_size: int, workers: int, batches: int
     sampler = RandomSampler(ds, replacement=True, num_samples=(batches + 1) * batch_size,
                             generator=torch.Generator().manual_seed(0))
     loader = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        pin_memory=cuda, persistent_workers=workers > 0, drop_last=True)
+                        collate_fn=ds.collate, pin_memory=cuda,
+                        persistent_workers=workers > 0, drop_last=True)
     transform = getattr(ds, "device_transform", None)
     start = time.perf_counter()
     t0 = None
