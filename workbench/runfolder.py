@@ -64,42 +64,46 @@ class RunFolder:
         return self.path / name
 
     # -- starting and resuming -----------------------------------------------------------------
-    def start(self, config: dict, resume: bool, ignore=()) -> Optional[dict]:
-        """Create the folder for a new run, or check it for a resumed one.
+    def check(self, config: dict, resume: bool, ignore=()) -> Optional[dict]:
+        """Check the folder before anything is written; return the checkpoint to resume from.
 
         New run: refuses a folder that already holds a run (never overwrites it). Resume:
-        refuses when the saved config differs (listing the differences, except keys in
-        ``ignore``); truncates ``metrics.jsonl`` to the checkpoint's length. Returns the
-        checkpoint to resume from, or None (a new run, or a resumed one killed before its
-        first checkpoint).
+        refuses a folder without ``config.json`` or whose config differs (listing the
+        differences, except keys in ``ignore``). Returns None for a new run, or a resumed one
+        killed before its first checkpoint.
         """
         cfg_file, ckpt_file = self.file(CONFIG), self.file(CHECKPOINT)
-        if resume:
-            if not cfg_file.is_file():
-                raise ValueError(f"cannot resume: {cfg_file} does not exist (start the run "
-                                 f"without --resume, or point --run-dir at an existing run)")
-            saved = json.loads(cfg_file.read_text())
-            diff = config_diff(saved, config, ignore)
-            if diff:
-                raise ValueError(f"cannot resume {self.path}: its config differs from this one "
-                                 f"(saved → now):\n  " + "\n  ".join(diff) +
-                                 "\nResume with the saved values, or start a new --run-dir.")
-        elif cfg_file.exists() or ckpt_file.exists():
-            raise ValueError(f"{self.path} already holds a run; pass --resume to continue it, or "
-                             f"choose another --run-dir (nothing was overwritten)")
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True) \
-            if resume and ckpt_file.is_file() else None
-        if self.writer:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if not resume:
-                atomic_write(cfg_file, lambda f: f.write(_json_bytes(config)))
-            metrics = self.file(METRICS)
-            keep = ckpt["metrics_bytes"] if ckpt is not None else 0
-            if metrics.exists() and metrics.stat().st_size > keep:
-                with open(metrics, "r+b") as f:
-                    f.truncate(keep)
-            self._metrics = open(metrics, "ab")
-        return ckpt
+        if not resume:
+            if cfg_file.exists() or ckpt_file.exists():
+                raise ValueError(f"{self.path} already holds a run; pass --resume to continue "
+                                 f"it, or choose another --run-dir (nothing was overwritten)")
+            return None
+        if not cfg_file.is_file():
+            raise ValueError(f"cannot resume: {cfg_file} does not exist (start the run "
+                             f"without --resume, or point --run-dir at an existing run)")
+        diff = config_diff(json.loads(cfg_file.read_text()), config, ignore)
+        if diff:
+            raise ValueError(f"cannot resume {self.path}: its config differs from this one "
+                             f"(saved → now):\n  " + "\n  ".join(diff) +
+                             "\nResume with the saved values, or start a new --run-dir.")
+        if not ckpt_file.is_file():
+            return None
+        return torch.load(ckpt_file, map_location="cpu", weights_only=True)
+
+    def open(self, config: dict, checkpoint: Optional[dict]) -> None:
+        """Start writing: ``config.json`` for a new run; ``metrics.jsonl`` cut back to the
+        checkpoint's length (the lines after it are written again by the resumed run)."""
+        if not self.writer:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.file(CONFIG).exists():
+            atomic_write(self.file(CONFIG), lambda f: f.write(_json_bytes(config)))
+        metrics = self.file(METRICS)
+        keep = checkpoint["metrics_bytes"] if checkpoint is not None else 0
+        if metrics.exists() and metrics.stat().st_size > keep:
+            with open(metrics, "r+b") as f:
+                f.truncate(keep)
+        self._metrics = open(metrics, "ab")
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, row: dict) -> None:

@@ -210,8 +210,9 @@ class Trainer:
     """One run: data, model, optimizer, run folder, and the loop. Use :func:`run`."""
 
     def __init__(self, cfg: TrainConfig, dist: distributed.Dist, device: torch.device,
-                 callback: Optional[Callable[[dict], None]] = None):
+                 folder: RunFolder, callback: Optional[Callable[[dict], None]] = None):
         self.cfg, self.dist, self.device, self.callback = cfg, dist, device, callback
+        self.folder = folder
         size = cfg.image_size or (32 if cfg.model == "vgg5" else None)
         kw = dict(data_root=cfg.data_root, image_size=size, in_channels=cfg.in_channels,
                   num_classes=cfg.num_classes, download=cfg.download)
@@ -243,7 +244,6 @@ class Trainer:
         self.best: dict = {}
         self.last: dict = {}
         self.progress = Progress(cfg.progress, dist.is_main)
-        self.folder = RunFolder(cfg.run_dir, writer=dist.is_main)
 
     @staticmethod
     def _fresh_acc() -> dict:
@@ -375,15 +375,11 @@ class Trainer:
         return self.elapsed + time.perf_counter() - self._t0
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self) -> dict:
+    def fit(self, ckpt: Optional[dict]) -> dict:
+        """Train from ``ckpt`` (None: from the start) to the last epoch; return the summary."""
         cfg = self.cfg
         self._t0 = time.perf_counter()
-        ckpt = None
-        if self.dist.is_main:
-            ckpt = self.folder.start(cfg.to_dict(), cfg.resume, ignore=RESUMABLE)
-        self.dist.barrier()
-        if not self.dist.is_main and cfg.resume:
-            ckpt = self.folder.start(cfg.to_dict(), True, ignore=RESUMABLE)
+        self.folder.open(cfg.to_dict(), ckpt)
         try:
             if ckpt is not None:
                 self.load(ckpt)
@@ -474,7 +470,10 @@ def run(config, callback: Optional[Callable[[dict], None]] = None) -> dict:
     dist, device = distributed.setup(cfg.device)
     try:
         cfg.run_dir = dist.broadcast(cfg.run_dir or _default_run_dir(cfg))
-        return Trainer(cfg, dist, device, callback).fit()
+        folder = RunFolder(cfg.run_dir, writer=dist.is_main)
+        ckpt = folder.check(cfg.to_dict(), cfg.resume, ignore=RESUMABLE)
+        dist.barrier()
+        return Trainer(cfg, dist, device, folder, callback).fit(ckpt)
     finally:
         dist.close()
 

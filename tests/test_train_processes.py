@@ -1,0 +1,88 @@
+"""Training in real processes: resume after SIGKILL, and torchrun data parallelism."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_cifar, write_mnist
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WORKBENCH_DATA": ""}
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+def _train(extra: list[str], run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "workbench", "train", *extra, "--run-dir", str(run_dir)]
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    timing = {"images_per_second", "seconds"}
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in open(run_dir / "metrics.jsonl")]
+
+
+def _params(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
+    """oracle: resume == uninterrupted run: a training process killed with SIGKILL as soon as
+    its first checkpoint appears, then resumed with ``--resume``, ends with bit-identical
+    parameters and the same metrics lines (timings aside)."""
+    write_mnist(tmp_path / "data" / "fashion-mnist", n_train=2048, n_test=64)
+    flags = ["--dataset", "fashion-mnist", "--data-root", str(tmp_path / "data"),
+             "--no-download", "--model", "mlp", "--model-arg", "widths=[128,128]",
+             "--scheme", "random", "--beta", "0.05", "--iterations", "4", "--epochs", "3",
+             "--batch-size", "8", "--lr", "0.02", "--checkpoint-every", "5",
+             "--probe-every", "7", "--progress", "none", "--device", "cpu"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    subprocess.run(_train(flags, a), env=ENV, check=True, timeout=300)
+    proc = subprocess.Popen(_train(flags, b), env=ENV)
+    deadline = time.monotonic() + 120
+    while not (b / "checkpoint.pt").exists() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -9 and not (b / "summary.json").exists(), "not killed mid-run"
+    subprocess.run(_train(["--resume"], b), env=ENV, check=True, timeout=300)
+    assert _lines(b) == _lines(a)
+    pa, pb = _params(a), _params(b)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    summary = json.loads((b / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3 * 256
+
+
+@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"),
+                    reason="torchrun not installed")
+def test_two_processes_equal_one(tmp_path):
+    """oracle: the single-process run: ``torchrun --nproc_per_node 2`` (gloo, CPU) on the same
+    global batches, with CIFAR augmentation and the random scheme's signs, ends with the same
+    parameters up to float reduction order, and only rank 0 writes the run folder."""
+    write_cifar(tmp_path / "data", 10, per_file=64)
+    flags = ["--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--no-download",
+             "--model", "mlp", "--model-arg", "widths=[32]", "--scheme", "random",
+             "--beta", "0.05", "--iterations", "4", "--epochs", "2", "--batch-size", "32",
+             "--lr", "0.02", "--probe-every", "4", "--progress", "none", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_train(flags, one), env=ENV, check=True, timeout=300)
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2",
+                    *_train(flags, two)[1:]], env=ENV, check=True, timeout=300)
+    p1, p2 = _params(one), _params(two)
+    for k in p1:
+        assert torch.allclose(p1[k], p2[k], rtol=1e-5, atol=1e-6), k
+    l1, l2 = _lines(one), _lines(two)
+    assert [(r["type"], r["step"]) for r in l2] == [(r["type"], r["step"]) for r in l1]
+    for r1, r2 in zip(l1, l2):
+        if r1["type"] == "epoch":
+            assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
+            assert abs(r2["test_top1_error"] - r1["test_top1_error"]) <= 1 / 64 + 1e-12
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["hardware"]["processes"] == 2
