@@ -10,7 +10,6 @@ root, or ``./data``.
 """
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 from typing import Optional
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 
 from .images import ImageDataset
-from .locate import DatasetNotFoundError, find_dir, search_roots
+from .locate import (DatasetNotFoundError, download_note, download_root, find_dir,
+                     search_roots, torchvision_download)
 
 __all__ = ["build_cifar10", "build_cifar100", "NORMALISATION", "CROP_PADDING"]
 
@@ -59,11 +59,12 @@ def _build(name: str, data_root: Optional[str], split: str, image_size: Optional
     required = [(f,) for names in files.values() for f in names]
     d = find_dir(roots, [folder], required, tried)
     if d is None and download:
-        d = _download(tv_name, Path(data_root or os.environ.get("WORKBENCH_DATA") or "data"))
+        d = torchvision_download(tv_name, download_root(data_root), folder)
     if d is None:
         raise DatasetNotFoundError(name, tried, [f"{folder}/{r[0]}" for r in required],
                                    f"Download it with torchvision.datasets.{tv_name}(root, "
-                                   f"download=True) and pass --data-root root.")
+                                   f"download=True) and pass --data-root root." +
+                                   download_note(download))
     parts = [_load(d / f, label_key) for f in files[split]]
     data = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([p[1] for p in parts])
@@ -72,15 +73,6 @@ def _build(name: str, data_root: Optional[str], split: str, image_size: Optional
     return ImageDataset(torch.from_numpy(data), torch.from_numpy(labels), num_classes=classes,
                         mean=mean, std=std, crop_padding=CROP_PADDING if train else 0,
                         flip=train, name=name)
-
-
-def _download(tv_name: str, target: Path) -> Optional[Path]:
-    import torchvision
-    try:
-        getattr(torchvision.datasets, tv_name)(str(target), train=True, download=True)
-    except (OSError, RuntimeError):
-        return None
-    return target / _LAYOUT[tv_name.lower()][0]
 
 
 def build_cifar10(data_root: Optional[str], split: str, image_size: Optional[int] = None, *,

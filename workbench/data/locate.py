@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-__all__ = ["DatasetNotFoundError", "search_roots", "find_dir"]
+__all__ = ["DatasetNotFoundError", "search_roots", "find_dir", "download_root",
+           "torchvision_download", "download_note"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -45,3 +46,26 @@ def find_dir(roots: Sequence[Path], subdirs: Sequence[str], required: Sequence[S
             if d.is_dir() and all(any((d / n).is_file() for n in names) for names in required):
                 return d
     return None
+
+
+def download_root(data_root: Optional[str]) -> Path:
+    """Where a download goes: ``data_root``, else ``$WORKBENCH_DATA``, else ``./data``."""
+    return Path(data_root or os.environ.get("WORKBENCH_DATA") or "data")
+
+
+def torchvision_download(tv_name: str, target: Path, folder: str) -> Optional[Path]:
+    """Let ``torchvision.datasets.<tv_name>`` download both splits into ``target``; return
+    ``target/folder`` (where the files land), or None when the download failed."""
+    import torchvision
+    try:
+        for train in (True, False):
+            getattr(torchvision.datasets, tv_name)(str(target), train=train, download=True)
+    except (OSError, RuntimeError):
+        return None
+    return target / folder
+
+
+def download_note(download: bool) -> str:
+    """The end of a not-found message: why no download helped."""
+    return (" torchvision's download failed (no network?)." if download else
+            " Downloading was off (--no-download).")

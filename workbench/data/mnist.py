@@ -14,7 +14,6 @@ torchvision downloads the files (needs a network) into the first root, or ``./da
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +21,8 @@ import numpy as np
 import torch
 
 from .images import ImageDataset
-from .locate import DatasetNotFoundError, find_dir, search_roots
+from .locate import (DatasetNotFoundError, download_note, download_root, find_dir,
+                     search_roots, torchvision_download)
 
 __all__ = ["read_idx", "build_mnist", "build_fashion_mnist", "NORMALISATION"]
 
@@ -66,27 +66,14 @@ def _locate(name: str, data_root: Optional[str], download: bool) -> Path:
     tried: list[Path] = []
     found = find_dir(roots, subdirs, required, tried)
     if found is None and download:
-        target = Path(data_root or os.environ.get("WORKBENCH_DATA") or "data")
-        found = _download(name, target)
+        found = torchvision_download(folder, download_root(data_root), f"{folder}/raw")
     if found is None:
         hint = ("Install Debian's dataset-fashion-mnist, or put the four IDX files in "
                 "--data-root." if name == "fashion-mnist" else
                 "Put the four IDX files in --data-root (torchvision's MNIST/raw layout works).")
         raise DatasetNotFoundError(name, tried, [r[0] + "[.gz]" for r in required],
-                                   hint + (" The download failed or was off (download=False)."))
+                                   hint + download_note(download))
     return found
-
-
-def _download(name: str, target: Path) -> Optional[Path]:
-    import torchvision
-    cls = {"mnist": torchvision.datasets.MNIST,
-           "fashion-mnist": torchvision.datasets.FashionMNIST}[name]
-    try:
-        cls(str(target), train=True, download=True)
-        cls(str(target), train=False, download=True)
-    except (OSError, RuntimeError):
-        return None
-    return target / _LAYOUT[name][0] / "raw"
 
 
 def _build(name: str, data_root: Optional[str], split: str, image_size: Optional[int],
