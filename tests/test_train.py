@@ -132,8 +132,8 @@ def test_probe_is_ep_against_bp_on_the_fixed_batch(tmp_path):
     weights on the probe batch, computed here directly."""
     cfg = tiny(tmp_path, scheme="centered", beta=0.01, epochs=1)
     probe0 = next(r for r in (run(cfg) and rows(tmp_path / "run")) if r["type"] == "probe")
-    ds = data.build("synthetic", "train", image_size=8)
-    idx = torch.randperm(128, generator=torch.Generator().manual_seed(
+    ds = data.build("synthetic", "test", image_size=8)
+    idx = torch.randperm(64, generator=torch.Generator().manual_seed(
         mix_seed(cfg.seed, "probe")))[:16]
     x, y = ds.device_transform(ds.images[idx]), ds.labels[idx]
     torch.manual_seed(cfg.seed)

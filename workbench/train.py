@@ -6,7 +6,8 @@ batch-mean cost into ``.grad`` (``scheme="bp"`` for backprop), average it over t
 stop on a non-finite loss, energy or gradient, and take an SGD step (Nesterov momentum, weight
 decay on every parameter). Each epoch ends with a test pass, a line in ``metrics.jsonl`` and a
 checkpoint; every ``probe_every`` steps a *probe* line records the per-layer cosine and relative
-error of the EP estimate against the BP gradient on a fixed batch of training images.
+error of the EP estimate against the BP gradient on a fixed batch of test images (test images:
+their preprocessing has no randomness, for every dataset).
 
 Everything random is a function of ``(seed, epoch, step)`` — data order, augmentation, the random
 scheme's signs (drawn for the GLOBAL batch and sliced per process) — and the learning rate is a
@@ -333,9 +334,9 @@ class Trainer:
             return
         cfg = self.cfg
         gen = torch.Generator().manual_seed(mix_seed(cfg.seed, "probe"))
-        idx = torch.randperm(self.n_train, generator=gen)[:cfg.probe_size].tolist()
-        x, y = SeededItems(self.train_set, augment=False).__getitems__([(i, 0) for i in idx])
-        x, y = self._to_device(self.train_set, x, y)
+        idx = torch.randperm(self.n_test, generator=gen)[:cfg.probe_size].tolist()
+        x, y = SeededItems(self.test_set, augment=False).__getitems__([(i, 0) for i in idx])
+        x, y = self._to_device(self.test_set, x, y)
         ref, _, _ = ep.bp_gradients(self.net, x, y, cfg.cost, "strict")
         est = ep.estimate(self.net, x, y, scheme=cfg.scheme, beta=cfg.beta,
                           iterations=cfg.iterations, cost=cfg.cost, update=cfg.update,
