@@ -31,20 +31,22 @@ def root(tmp_path_factory):
 
 def test_items_labels_and_classes(root):
     """Oracle: the folder tree — classes are the sorted wnids, each item's label indexes its
-    folder's wnid, items are float32 (3, S, S)."""
-    for split, n in (("train", 12), ("val", 4)):
+    folder's wnid, items are uint8 (3, S, S) (normalised on the device), interleaved across classes (so the first N, as
+    --limit-train takes them, cover every class)."""
+    for split, n, first in (("train", 12, [0, 1, 2, 0, 1, 2]), ("val", 4, [0, 1, 0, 1])):
         ds = imagenet.build(str(root), split, 32)
         assert ds.classes == synthetic.wnids(3) and len(ds) == n
+        assert [ds[i][1] for i in range(len(first))] == first
         for i in range(n):
             x, y = ds[i]
-            assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+            assert x.shape == (3, 32, 32) and x.dtype == torch.uint8
             assert ds.path(i).parent.name == ds.classes[y]
 
 
 def test_val_is_resize_then_centre_crop(root):
     """Oracle: PIL — resize the shorter side to round(256/224·S) with antialiased bilinear,
     crop the centre S×S, scale to [0, 1], normalise with the ImageNet mean/std."""
-    ds = imagenet.build(str(root), "val", 56)
+    ds = imagenet.build(str(root), "val", 56, normalize="worker")
     for i in range(len(ds)):
         with Image.open(ds.path(i)) as im:
             w, h = im.size
@@ -60,7 +62,7 @@ def test_val_is_resize_then_centre_crop(root):
 def test_train_augmentation_is_seeded_and_random(root):
     """Oracle: repetition — the same (index, seed) keys give the same batch; other seeds give
     other crops; every output pixel lies in the normalised range of [0, 1]."""
-    ds = imagenet.build(str(root), "train", 32)
+    ds = imagenet.build(str(root), "train", 32, normalize="worker")
     idx = torch.arange(8)
     a, ya = ds.batch(idx, torch.arange(8))
     b, _ = ds.batch(idx, torch.arange(8))
@@ -73,13 +75,14 @@ def test_train_augmentation_is_seeded_and_random(root):
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_device_paths_equal_the_cpu_path(root, split):
-    """Oracle: the default CPU pipeline — for the same keys, uint8 items normalised by
-    ``device_transform`` and encoded items decoded/cropped/flipped by ``device_transform``
-    (here on the CPU device) give the same batch, through the training loader with 2 workers."""
-    cpu = imagenet.build(str(root), split, 32)
+    """Oracle: the all-in-the-worker pipeline (normalize="worker") — for the same keys, uint8
+    items normalised by ``device_transform`` (the default) and encoded items decoded, cropped,
+    flipped and normalised by ``device_transform`` (here on the CPU device) give the same batch,
+    also through the training loader with 2 workers."""
+    cpu = imagenet.build(str(root), split, 32, normalize="worker")
     keys = (torch.arange(4) * 3 + 1) % len(cpu), torch.arange(4) * 13 + 5
     ref, yref = cpu.batch(*keys)
-    for kw in (dict(device_normalize=True), dict(decode="device")):
+    for kw in (dict(), dict(decode="device")):
         ds = imagenet.build(str(root), split, 32, **kw)
         x, y = ds.batch(*keys)
         assert x.dtype == torch.uint8 and torch.equal(y, yref)
@@ -118,6 +121,8 @@ def test_missing_and_malformed_folders_are_explained(root, tmp_path, monkeypatch
     monkeypatch.setenv("WORKBENCH_DATA", str(root))
     assert len(imagenet.build(None, "val", 32)) == 4
     for kw, match in ((dict(split="test"), "train, val"), (dict(decode="gpu"), "cpu, device"),
+                      (dict(normalize="host"), "device, worker"),
+                      (dict(decode="device", normalize="worker"), "normalize='device'"),
                       (dict(image_size=0), "positive integer")):
         args = {"root": str(root), "split": "train", "image_size": 32, **kw}
         with pytest.raises(ValueError, match=match):

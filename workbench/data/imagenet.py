@@ -7,12 +7,13 @@ METHOD.md §5): train = ``RandomResizedCrop(image_size)`` + horizontal flip; val
 ``Resize(round(256/224 · image_size))`` + ``CenterCrop(image_size)``; then scaling to [0, 1] and
 normalisation with the ImageNet mean/std.
 
-Where the work happens is a choice (``build(..., decode=, device_normalize=)``):
+Where the work happens is a choice (``build(..., decode=, normalize=)``):
 
 * ``decode="cpu"`` (default): DataLoader workers decode (libjpeg-turbo via ``torchvision.io``),
-  crop and flip. With ``device_normalize=False`` (default) items are normalised float32
-  ``(3, S, S)``; with ``True`` they stay uint8 (4× less to copy to the GPU) and the dataset's
-  ``device_transform`` converts and normalises each batch on the device.
+  crop and flip. With ``normalize="device"`` (default, like every dataset of
+  :mod:`workbench.data`) items stay uint8 ``(3, S, S)`` — a quarter of the bytes to pass between
+  processes and to copy to the GPU — and the dataset's ``device_transform`` converts and
+  normalises each batch on the device; with ``normalize="worker"`` items are normalised float32.
 * ``decode="device"``: workers only read the file and draw the crop/flip; items are the encoded
   JPEG with a small header (uint8, 1-D; a batch is padded to its longest file), and
   ``device_transform`` decodes the batch with ``torchvision.io.decode_jpeg(..., device=<the
@@ -45,6 +46,7 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 SPLITS = ("train", "val")
 DECODES = ("cpu", "device")
+NORMALIZES = ("device", "worker")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 HEADER = 6  # int64 fields before the JPEG bytes: nbytes, top, left, height, width, flip
 HOW_TO = ("Pass --data-root (or set $WORKBENCH_DATA) to the folder holding train/ and val/. "
@@ -130,7 +132,9 @@ def locate(root: str | None, split: str) -> Path:
 
 
 def _scan(root: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(classes, relative paths as bytes, labels)`` for ``root/split``."""
+    """``(classes, relative paths as bytes, labels)`` for ``root/split``, interleaved across
+    classes (the first image of every class, then the second, …) so that the first N items,
+    which ``--limit-train`` / ``--limit-test`` take, cover the classes evenly."""
     folder = root / split
     loose = [e.name for e in os.scandir(folder) if e.is_file() and
              e.name.lower().endswith(IMAGE_SUFFIXES)]
@@ -141,7 +145,7 @@ def _scan(root: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
             f"the flat ILSVRC2012 val folder; they must be sorted into <wnid>/ folders: "
             + HOW_TO.format(root=root))
     classes = sorted(set(_class_dirs(root / "train")) | set(_class_dirs(root / "val")))
-    paths, labels = [], []
+    paths, labels, ranks = [], [], []
     for label, wnid in enumerate(classes):
         if not (folder / wnid).is_dir():
             continue
@@ -149,15 +153,19 @@ def _scan(root: Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:
                        if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
         paths += [f"{wnid}/{n}" for n in names]
         labels += [label] * len(names)
+        ranks += range(len(names))
     if not paths:
         raise DatasetNotFoundError("imagenet", [folder], [f"{split}/<wnid>/*.JPEG"],
                                    "its class folders are empty. " + HOW_TO.format(root=root))
-    return classes, np.array(paths, dtype=np.bytes_), np.array(labels, dtype=np.int64)
+    order = np.lexsort((labels, ranks))
+    return classes, np.array(paths, dtype=np.bytes_)[order], np.array(labels, np.int64)[order]
 
 
 class ImageNetFolder(Dataset):
     """``root/<split>/<wnid>/*.JPEG`` as ``(image, label)`` items; see the module docstring.
 
+    Items are interleaved across classes (see ``_scan``): item ``k`` is image ``k // C`` of
+    class ``k % C`` while every class still has images.
     Attributes: ``classes`` (sorted wnids), ``split``, ``image_size``, ``decode``; and
     ``device_transform`` only when part of the pipeline runs on the device.
     Paths are kept in one numpy array (not a list of Python strings) so forked DataLoader
@@ -165,11 +173,16 @@ class ImageNetFolder(Dataset):
     """
 
     def __init__(self, root, split: str, image_size: int, *, decode: str = "cpu",
-                 device_normalize: bool = False):
+                 normalize: str = "device"):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; accepted: {', '.join(SPLITS)}")
         if decode not in DECODES:
             raise ValueError(f"unknown decode {decode!r}; accepted: {', '.join(DECODES)}")
+        if normalize not in NORMALIZES:
+            raise ValueError(f"unknown normalize {normalize!r}; accepted: "
+                             f"{', '.join(NORMALIZES)}")
+        if decode == "device" and normalize != "device":
+            raise ValueError("decode='device' normalises on the device: use normalize='device'")
         if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
             raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
         self.root, self.split, self.image_size, self.decode = locate(root, split), split, \
@@ -180,9 +193,9 @@ class ImageNetFolder(Dataset):
         self.normalize = Normalize()
         if decode == "device":
             self.device_transform = DeviceDecode(split, image_size)
-        elif device_normalize:
+        elif normalize == "device":
             self.device_transform = self.normalize
-        self._normalize_here = decode == "cpu" and not device_normalize
+        self._normalize_here = normalize == "worker"
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -240,12 +253,12 @@ class ImageNetFolder(Dataset):
 
 
 def build(root: str | None, split: str, image_size: int, *, decode: str = "cpu",
-          device_normalize: bool = False) -> ImageNetFolder:
+          normalize: str = "device") -> ImageNetFolder:
     """The ImageNet ``split`` ("train" or "val") under ``root`` (or ``root/imagenet``; ``None``:
     ``$WORKBENCH_DATA``) at ``image_size`` pixels; raises :class:`DatasetNotFoundError` (a
     ``FileNotFoundError``) naming where it looked and how to create the folder."""
     return ImageNetFolder(root, split, image_size, decode=decode,
-                          device_normalize=device_normalize)
+                          normalize=normalize)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +280,7 @@ def _per_core_rate(ds: ImageNetFolder, count: int) -> float:
 
 def bench_loader(data_root: str | None = None, image_size: int = 224, batch_size: int = 256,
                  workers: int = os.cpu_count() or 1, batches: int = 20, gpu_decode: bool = False,
-                 device: str = "cpu", split: str = "train", *, device_normalize: bool = False,
+                 device: str = "cpu", split: str = "train", *, normalize: str = "device",
                  target_rate: float = 600.0, per_core_images: int = 64) -> dict:
     """Measure the input pipeline alone, in images/s.
 
@@ -293,14 +306,14 @@ def bench_loader(data_root: str | None = None, image_size: int = 224, batch_size
         else:
             source = str(data_root)
         ds = build(data_root, split, image_size, decode="device" if gpu_decode else "cpu",
-                   device_normalize=device_normalize)
+                   normalize=normalize)
         sizes = [ds.path(i).stat().st_size for i in range(min(len(ds), 256))]
         per_core = _per_core_rate(ds, per_core_images)
         rate, warmup = _loader_rate(ds, batch_size, workers, batches, torch.device(device))
     result = {
         "data_root": source, "split": split, "image_size": image_size,
         "batch_size": batch_size, "workers": workers, "batches": batches,
-        "gpu_decode": gpu_decode, "device_normalize": device_normalize, "device": str(device),
+        "gpu_decode": gpu_decode, "normalize": normalize, "device": str(device),
         "mean_file_kb": round(sum(sizes) / len(sizes) / 1024, 1),
         "images_per_s": round(rate, 1),
         "images_per_s_per_worker": round(rate / workers, 1) if workers else None,
