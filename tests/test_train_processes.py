@@ -31,6 +31,7 @@ def _params(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     """oracle: resume == uninterrupted run: a training process killed with SIGKILL as soon as
     its first checkpoint appears, then resumed with ``--resume``, ends with bit-identical
@@ -59,6 +60,7 @@ def test_resume_after_sigkill_equals_the_uninterrupted_run(tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 3 * 256
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"),
                     reason="torchrun not installed")
 def test_two_processes_equal_one(tmp_path):
