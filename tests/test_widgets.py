@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import ep, models, widgets
+from workbench import data, ep, models, widgets
 
 
 @pytest.fixture
@@ -194,3 +194,59 @@ def test_bad_inputs_raise_clear_errors():
     lab = widgets.Lab(batch_size=16)
     with pytest.raises(ValueError, match=r"batch index must lie in \[0, 4\)"):
         lab.batch("mlp 128-64", 4)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished two-epoch training run (synthetic 3×8×8 images, mlp 16) and its metric rows as
+    the callback saw them."""
+    from workbench.train import TrainConfig, run
+    run_dir = tmp_path_factory.mktemp("run") / "tiny"
+    rows = []
+    run(TrainConfig(dataset="synthetic", image_size=8, model="mlp", model_args={"widths": [16]},
+                    epochs=2, batch_size=32, limit_train=64, limit_test=32, probe_every=1,
+                    probe_size=8, device="cpu", progress="none", run_dir=str(run_dir)),
+        callback=rows.append)
+    return run_dir, rows
+
+
+def test_training_monitor_plots_every_metrics_row(tiny_run):
+    """oracle: the rows the training loop passed to the callback and wrote to metrics.jsonl."""
+    run_dir, rows = tiny_run
+    live = widgets.TrainingMonitor()
+    for row in rows:
+        live(row)
+    epochs = [r for r in rows if r["type"] == "epoch"]
+    probes = [r for r in rows if r["type"] == "probe"]
+    assert len(epochs) == 2 and len(probes) == 5   # step 0, then after each of 4 steps
+    for monitor in (live, widgets.TrainingMonitor.from_run(run_dir)):
+        by_name = {t.name: t for t in monitor.figure.data}
+        assert by_name["train loss"].x == (1, 2)
+        assert list(by_name["test top-1 error"].y) == [r["test_top1_error"] for r in epochs]
+        assert list(by_name["test loss"].y) == [r["test_loss"] for r in epochs]
+        assert list(by_name["layer 2"].x) == [r["step"] for r in probes]
+        assert list(by_name["layer 1"].y) == [r["cosine"][0] for r in probes]
+    assert "epoch 2" in live.status.value
+    with pytest.raises(ValueError, match="not a training run folder"):
+        widgets.TrainingMonitor.from_run(run_dir / "missing")
+
+
+def test_explorers_from_checkpoint_use_the_trained_weights(tiny_run):
+    """oracle: the checkpoint's own state dict and the run's config (β, K, cost, test images)."""
+    run_dir, _ = tiny_run
+    ex = widgets.EnergyExplorer.from_checkpoint(str(run_dir), batch_size=8)
+    (name,) = ex.lab.models
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    for key, value in ex.lab.models[name].state_dict().items():
+        torch.testing.assert_close(value, state[key].double())
+    assert ex.settings["beta"] == 0.02 and ex.settings["iterations"] == 5
+    test = data.build("synthetic", "test", image_size=8)
+    x, y = test.batch(torch.arange(256))
+    torch.testing.assert_close(ex.lab.x, test.device_transform(x))
+    assert torch.equal(ex.lab.y, y)
+    bias = widgets.GradientBiasExplorer.from_checkpoint(str(run_dir), batch_size=8, beta=0.01,
+                                                        betas=(0.01, 0.1), iterations_sweep=(5,))
+    assert bias.settings["beta"] == 0.01
+    with pytest.raises(ValueError, match="checkpoint.pt missing"):
+        (run_dir.parent / "empty").mkdir()
+        widgets.load_run(str(run_dir.parent / "empty"))

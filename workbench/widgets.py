@@ -18,7 +18,9 @@ copied and run in float64 by default, so that the error shown is the estimator's
 from __future__ import annotations
 
 import copy
+import json
 import math
+from pathlib import Path
 from typing import Optional, Sequence
 
 import ipywidgets as W
@@ -31,8 +33,8 @@ from plotly.subplots import make_subplots
 from . import ep, models
 from .equilibrate import ORDERS, UPDATES
 
-__all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "default_models", "synthetic_data",
-           "examples", "fit_input", "log_slope", "relative_error", "load_run"]
+__all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "TrainingMonitor", "default_models",
+           "synthetic_data", "examples", "fit_input", "log_slope", "relative_error", "load_run"]
 
 COLORS = {"forward": "#1f77b4", "backward": "#d62728", "centered": "#2ca02c",
           "random": "#9467bd"}
@@ -62,13 +64,15 @@ def synthetic_data(n: int = 64, in_channels: int = 1, image_size: int = 28,
     return x, torch.randint(0, num_classes, (n,), generator=gen)
 
 
-def examples(dataset: str = "fashion-mnist", n: int = 256, *, split: str = "test",
+def examples(dataset="fashion-mnist", n: int = 256, *, split: str = "test",
              data_root: Optional[str] = None,
              image_size: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` examples of a dataset split as a model sees them: float images
-    ``(n, C, S, S)`` (normalised by the dataset's ``device_transform``) and labels ``(n,)``."""
+    ``(n, C, S, S)`` (normalised by the dataset's ``device_transform``) and labels ``(n,)``.
+    ``dataset``: a name of :mod:`workbench.data` or a dataset it built."""
     from . import data
-    ds = data.build(dataset, split, data_root=data_root, image_size=image_size)
+    ds = data.build(dataset, split, data_root=data_root, image_size=image_size) \
+        if isinstance(dataset, str) else dataset
     items = [ds[i] for i in range(min(n, len(ds)))]
     x = torch.stack([torch.as_tensor(image) for image, _ in items])
     y = torch.tensor([int(label) for _, label in items])
@@ -102,21 +106,36 @@ def log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(np.polyfit(np.log10(xs), np.log10(ys), 1)[0])
 
 
-def load_run(run_dir: str, device: str = "cpu"):
-    """The model of a training run folder, its config and a test batch pool.
+def load_run(run_dir: str, n: int = 256):
+    """The trained model of a run folder, its config and its first ``n`` test examples.
 
-    Returns ``(net, config, (x, y))``: the model from ``run_dir``'s latest checkpoint, the run's
-    :class:`~workbench.train.TrainConfig`, and up to 256 test images of the run's dataset.
+    Returns ``(net, config, (x, y))``: the model rebuilt from ``config.json`` with the weights of
+    ``checkpoint.pt`` (the latest checkpoint; CPU), the run's
+    :class:`~workbench.train.TrainConfig`, and test images as the run saw them.
     """
-    from . import train
-    return train.load_for_analysis(run_dir, device=device)
+    from . import data, train
+    from .runfolder import CHECKPOINT, CONFIG
+    folder = Path(run_dir)
+    missing = [name for name in (CONFIG, CHECKPOINT) if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is not a training run folder with a checkpoint: "
+                         f"{' and '.join(missing)} missing (a run of `workbench train` or "
+                         f"notebooks/03_train.ipynb writes both)")
+    cfg = train.TrainConfig.from_dict(json.loads((folder / CONFIG).read_text()))
+    size = cfg.image_size or (32 if cfg.model == "vgg5" else None)   # as the Trainer sizes it
+    test = data.build(cfg.dataset, "test", data_root=cfg.data_root, image_size=size,
+                      in_channels=cfg.in_channels, num_classes=cfg.num_classes, download=False)
+    net = models.build(cfg.model, **data.describe(test, cfg.dataset, size), **cfg.model_args)
+    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
+    net.load_state_dict(state["model"])
+    return net, cfg, examples(test, n)
 
 
 class Lab:
     """Models, a pool of examples, and the engine calls on them, cached by their settings.
 
     Args:
-        models: name → PCN (copied, moved to ``dtype``), or one PCN; default :func:`default_models`.
+        models: name → PCN (copied, moved to ``dtype``) or one PCN; default :func:`default_models`.
         data: ``(x, y)`` pool of examples, images ``(N, C, S, S)`` and labels ``(N,)``; default
             :func:`synthetic_data`. Batches are consecutive slices of ``batch_size`` examples.
         cost: ``ce`` | ``mse``. dtype: the models' dtype (float64: the error shown is algorithmic).
@@ -213,9 +232,9 @@ class _Explorer(W.VBox):
     def from_checkpoint(cls, run_dir: str, batch_size: int = 16, **kw):
         """An explorer on the trained model of a run folder, on its dataset's test images."""
         net, config, data = load_run(run_dir)
-        name = f"{config.model} ({run_dir})"
-        return cls(models={name: net}, data=data, batch_size=batch_size, cost=config.cost,
-                   beta=config.beta, iterations=config.iterations, **kw)
+        kw = {"beta": config.beta, "iterations": config.iterations} | kw
+        return cls(models={f"{config.model} ({run_dir})": net}, data=data,
+                   batch_size=batch_size, cost=config.cost, **kw)
 
     @property
     def settings(self) -> dict:
@@ -335,11 +354,10 @@ class EnergyExplorer(_Explorer):
 
     def _draw_phase(self, ph, name: str) -> None:
         energy = ph.energy.double()
-        z = torch.where(energy > 0, energy.clamp_min(1e-300).log10(),
-                        torch.full_like(energy, float("nan")))
-        layers = list(range(1, energy.shape[1] + 1))
-        heat = go.Heatmap(z=_nan_to_none(z.T), x=list(range(energy.shape[0])), y=layers,
-                          colorscale="Viridis", colorbar=dict(title="log10"), name=name)
+        z = [[math.log10(v) if v > 0 else None for v in row] for row in energy.T.tolist()]
+        heat = go.Heatmap(z=z, x=list(range(energy.shape[0])),
+                          y=list(range(1, energy.shape[1] + 1)), colorscale="Viridis",
+                          colorbar=dict(title="log10"), name=name)
         _replace(self.figures["heatmap"], [heat])
         self.figures["heatmap"].layout.title.text = f"per-layer energy log10 ½‖ε_k‖², {name}"
         change = ph.state_change.double()
@@ -361,8 +379,9 @@ def _positive(values: torch.Tensor) -> list:
     return [float(v) if v > 0 else None for v in values.tolist()]
 
 
-def _nan_to_none(z: torch.Tensor) -> list:
-    return [[None if math.isnan(v) else v for v in row] for row in z.tolist()]
+def _finite(values) -> list:
+    """Values for a plot: NaN and ±inf become gaps (None), which JSON and plotly accept."""
+    return [v if v is not None and math.isfinite(v) else None for v in values]
 
 
 def _replace(fig: go.FigureWidget, traces: list) -> None:
@@ -463,9 +482,9 @@ class GradientBiasExplorer(_Explorer):
             rows = self.rows(s)
             layers = [r["layer"] for r in rows]
             style = dict(name=s, marker_color=COLORS[s], legendgroup=s)
-            cos.append(go.Bar(x=layers, y=[r["cosine"] for r in rows], xaxis="x", yaxis="y",
-                              **style))
-            rel.append(go.Bar(x=layers, y=[r["rel_error"] for r in rows], xaxis="x2",
+            cos.append(go.Bar(x=layers, y=_finite(r["cosine"] for r in rows), xaxis="x",
+                              yaxis="y", **style))
+            rel.append(go.Bar(x=layers, y=_finite(r["rel_error"] for r in rows), xaxis="x2",
                               yaxis="y2", showlegend=False, **style))
         _replace(self.figures["layers"], cos + rel)
         self.slopes = {}
@@ -496,3 +515,70 @@ class GradientBiasExplorer(_Explorer):
         self.status.value = (f"<b>{self.controls['model'].value}</b>, batch "
                              f"{self.controls['batch'].value}; engine calls so far: "
                              f"{self.lab.engine_calls}")
+
+
+# ---------------------------------------------------------------------------------------------
+# training curves
+# ---------------------------------------------------------------------------------------------
+class TrainingMonitor(W.VBox):
+    """Curves of a training run, live: ``workbench.train.run(config, callback=monitor)``.
+
+    Takes the rows of ``metrics.jsonl`` one by one (:meth:`__call__`). ``.figure`` has three
+    panels: train and test loss per epoch; test top-1 and top-5 error per epoch; the probe's
+    per-layer cosine between the EP estimate and the BP gradient, against the step. Build one
+    from a finished (or running) run folder with :meth:`from_run`.
+    """
+
+    EPOCH = (("train_loss", "train loss", "x", "y"), ("test_loss", "test loss", "x", "y"),
+             ("test_top1_error", "test top-1 error", "x2", "y2"),
+             ("test_top5_error", "test top-5 error", "x2", "y2"))
+
+    def __init__(self):
+        fig = make_subplots(rows=1, cols=3, subplot_titles=(
+            "loss", "test error", "probe: cosine(EP, BP) per layer"))
+        fig.update_xaxes(title_text="epoch", row=1, col=1)
+        fig.update_xaxes(title_text="epoch", row=1, col=2)
+        fig.update_xaxes(title_text="step", row=1, col=3)
+        fig.update_layout(height=330, margin=dict(t=40, b=40, l=50, r=10))
+        for key, name, xa, ya in self.EPOCH:
+            fig.add_scatter(x=[], y=[], name=name, mode="lines+markers", xaxis=xa, yaxis=ya)
+        self.figure = go.FigureWidget(fig)
+        self.status = W.HTML("waiting for the first row of metrics")
+        self.rows: list[dict] = []
+        super().__init__([self.status, self.figure])
+
+    @classmethod
+    def from_run(cls, run_dir: str) -> "TrainingMonitor":
+        """A monitor holding every row of ``run_dir/metrics.jsonl``."""
+        path = Path(run_dir) / "metrics.jsonl"
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist: {run_dir} is not a training run folder")
+        monitor = cls()
+        for line in path.read_text().splitlines():
+            if line.strip():
+                monitor(json.loads(line))
+        return monitor
+
+    def __call__(self, row: dict) -> None:
+        self.rows.append(row)
+        kind = row.get("type")
+        if kind == "epoch":
+            with self.figure.batch_update():
+                for trace, (key, *_) in zip(self.figure.data, self.EPOCH):
+                    trace.x = (*trace.x, row["epoch"])
+                    trace.y = (*trace.y, *_finite([row.get(key)]))
+            self.status.value = (
+                f"epoch {row['epoch']}, step {row['step']}: train loss {row['train_loss']:.4f}, "
+                f"test top-1 error {row['test_top1_error']:.4f}, "
+                f"{row['images_per_second']:.0f} images/s")
+        elif kind == "probe":
+            probes = [t for t in self.figure.data if t.xaxis == "x3"]
+            if not probes:
+                self.figure.add_traces([
+                    go.Scatter(x=[], y=[], name=f"layer {k + 1}", mode="lines+markers",
+                               xaxis="x3", yaxis="y3") for k in range(len(row["cosine"]))])
+                probes = [t for t in self.figure.data if t.xaxis == "x3"]
+            with self.figure.batch_update():
+                for trace, c in zip(probes, _finite(row["cosine"])):
+                    trace.x = (*trace.x, row["step"])
+                    trace.y = (*trace.y, c)
