@@ -20,8 +20,24 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow and not browser"
 
+# Notebooks run on the venv's own kernelspec (JUPYTER_PATH first, so a user-level `python3`
+# kernel elsewhere cannot take over); executed copies go to the ignored runs/notebooks/.
+NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+PAPERMILL := JUPYTER_PATH=$(CURDIR)/$(VENV)/share/jupyter $(VENV)/bin/papermill --log-output
+
 run: install
-	$(VENV)/bin/workbench gradcheck --model vgg5 --scheme centered --beta 0.001 --iterations 20 --batch-size 8
+	@mkdir -p runs/notebooks
+	$(PAPERMILL) notebooks/03_train.ipynb runs/notebooks/03_train-$$(date +%Y%m%d-%H%M%S).ipynb
+
+nbdime: install
+	$(VENV)/bin/nbdime config-git --enable
+	@echo "git diff / git merge now use nbdime for *.ipynb in this clone; nbdiff-web A B compares two"
+
+strip-notebooks: install
+	$(VENV)/bin/nbstripout $(NOTEBOOKS)
+
+check-notebooks: install
+	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
 
 gradcheck: install
 	$(VENV)/bin/workbench gradcheck --model mlp --scheme centered --beta 0.0001 --iterations 20
