@@ -120,7 +120,7 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
              iterations: int = 10, cost: str = "ce", *, update: str = "mod_pgd",
              order: str = "async", signs="example", tol: Optional[float] = None,
              precision: str = "strict", trace: bool = True, accumulate: bool = True,
-             generator: Optional[torch.Generator] = None) -> Estimate:
+             generator: Optional[torch.Generator] = None, fused: bool = False) -> Estimate:
     """Estimate the gradient of the batch-mean cost and write it into ``.grad``.
 
     Args:
@@ -140,6 +140,9 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
         trace: record every iteration (else only the final energies and cost).
         accumulate: add to existing ``.grad`` like ``backward()`` (default), or overwrite.
         generator: RNG for the ``random`` scheme's signs (default: torch's global RNG).
+        fused: compile each update's elementwise work into single kernels with
+            ``torch.compile`` (same results up to rounding; first call compiles; off by default
+            until measured on the GPU, see BENCHMARKS.md).
 
     The parameters and the inputs are never modified.
     """
@@ -194,7 +197,7 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
         tr = Trace(free_cost=float(cost_mean(free, y, cost)))
         for s in sign_list:
             b = beta * s
-            phase = NudgedPhase(net, free, ops, y, b.view(-1, 1), cost, update, order)
+            phase = NudgedPhase(net, free, ops, y, b.view(-1, 1), cost, update, order, fused)
             tr.phases.append(phase.run(iterations, tol=tol, record=trace,
                                        signs=s if scheme == "random" else None))
             weight = 1.0 / (b * n * len(sign_list))

@@ -25,8 +25,9 @@ Shapes: states are ``(N, C, H, W)`` for conv layers and ``(N, features)`` for de
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ ORDERS = ("async", "sync")
 PRECISIONS = ("strict", "fast")
 
 __all__ = ["UPDATES", "ORDERS", "PRECISIONS", "Precision", "FreeState", "PhaseTrace", "Trace",
-           "free_phase", "NudgedPhase", "precision_context"]
+           "free_phase", "NudgedPhase", "precision_context", "fp32_math"]
 
 Opt = Optional[torch.Tensor]
 
@@ -50,8 +51,8 @@ Opt = Optional[torch.Tensor]
 class Precision:
     """Dtypes of one run.
 
-    ``strict``: everything in the parameters' dtype; on CUDA, TF32 is switched off for the
-    duration (see :func:`precision_context`). ``fast``: conv maps in bfloat16 (channels_last on
+    ``strict``: everything in the parameters' dtype, with TF32 (and oneDNN's reduced fp32
+    modes) switched off for the duration (see :func:`precision_context`). ``fast``: conv maps in bfloat16 (channels_last on
     CUDA), dense maps, pooling, ReLU, errors and states in float32.
     """
     name: str
@@ -70,15 +71,54 @@ class Precision:
                          channels_last=device.type == "cuda")
 
 
+# the switches that let fp32 convs / matmuls round to TF32 (or bf16 on oneDNN): torch >= 2.9
+# names them backend.op.fp32_precision; older versions only have the two CUDA allow_tf32 flags
+_FP32_SWITCHES = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")
+
+
+def _switches() -> dict:
+    out = {}
+    for name in _FP32_SWITCHES:
+        module = torch.backends
+        for part in name.split("."):
+            module = getattr(module, part, None)
+        if module is not None and hasattr(module, "fp32_precision"):
+            out[name] = module
+    return out
+
+
+def fp32_math() -> dict:
+    """How fp32 convs and matmuls may round now: switch name → ``ieee`` | ``tf32`` | …
+
+    With torch < 2.9 the two legacy CUDA flags are reported as ``tf32`` / ``ieee``.
+    """
+    switches = _switches()
+    if switches:
+        return {name: m.fp32_precision for name, m in switches.items()}
+    return {"cuda.matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
+            "cudnn.conv": "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"}
+
+
 @contextlib.contextmanager
 def precision_context(precision: Precision):
-    """In strict mode, TF32 is off for convs and matmuls; restored on exit."""
-    if precision.name != "strict" or not torch.cuda.is_available():
+    """In strict mode fp32 convs and matmuls round as IEEE fp32 (no TF32, on CUDA and oneDNN)
+    for the duration; the previous settings are restored on exit. Fast mode changes nothing."""
+    if precision.name != "strict":
         yield
         return
+    switches = _switches()
+    if switches:
+        saved = {name: m.fp32_precision for name, m in switches.items()}
+        for m in switches.values():
+            m.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for name, m in switches.items():
+                m.fp32_precision = saved[name]
+        return
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
@@ -212,6 +252,51 @@ class Trace:
 
 
 # ---------------------------------------------------------------------------------------------
+# the elementwise work of one update, as pure functions (eager, or fused by torch.compile)
+# ---------------------------------------------------------------------------------------------
+def _pool(z0: torch.Tensor, dz: torch.Tensor, a0: torch.Tensor):
+    """Pooled pre-activation at ``z⁰ + δz``: ``(a, pooling indices, δa = a − a⁰)``."""
+    a, idx = F.max_pool2d(z0 + dz, 2, 2, return_indices=True)
+    return a, idx, a - a0
+
+
+def _relu_error(d: Opt, a: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """``ε = d − (relu(a) − h⁰)`` for a ReLU layer (``d`` None means zero)."""
+    eps = torch.relu(a).sub_(h0).neg_()
+    return eps if d is None else eps.add_(d)
+
+
+def _relu_drive(d: Opt, a: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """``relu'(a) ⊙ ε``."""
+    return _relu_error(d, a, h0).mul_(a > 0)
+
+
+def _relu_update(a: torch.Tensor, delta: Opt, h0: torch.Tensor, pgd: bool) -> torch.Tensor:
+    """New deviation ``relu(base + Δ) − h⁰``; ``base`` is ``a`` (mod_pgd) or ``relu(a)`` (pgd)."""
+    base = torch.relu(a) if pgd else a
+    h = torch.relu(base) if delta is None else (base + delta).relu_()
+    return h.sub_(h0)
+
+
+@dataclass(frozen=True)
+class _Elementwise:
+    pool: Callable
+    relu_error: Callable
+    relu_drive: Callable
+    relu_update: Callable
+
+
+_EAGER = _Elementwise(_pool, _relu_error, _relu_drive, _relu_update)
+
+
+@functools.cache
+def _fused() -> _Elementwise:
+    """The same functions compiled by ``torch.compile`` (one kernel each; compiled lazily)."""
+    return _Elementwise(*(torch.compile(f, fullgraph=True)
+                          for f in (_pool, _relu_error, _relu_drive, _relu_update)))
+
+
+# ---------------------------------------------------------------------------------------------
 # nudged phase
 # ---------------------------------------------------------------------------------------------
 class NudgedPhase:
@@ -222,18 +307,23 @@ class NudgedPhase:
         free: the free state; ``ops``: per-layer compute ops; ``y``: labels ``(N,)``.
         beta: ``(N, 1)`` signed β per example. ``cost_name``: ``ce`` | ``mse``.
         update: ``mod_pgd`` | ``pgd``; ``order``: ``async`` | ``sync``.
+        fused: run the elementwise work of each update as ``torch.compile``-d kernels.
     """
 
     def __init__(self, net, free: FreeState, ops: list[_LayerOps], y: torch.Tensor,
                  beta: torch.Tensor, cost_name: str, update: str = "mod_pgd",
-                 order: str = "async"):
+                 order: str = "async", fused: bool = False):
         self.net, self.free, self.ops, self.y = net, free, ops, y
         self.beta, self.cost_name, self.update, self.order = beta, cost_name, update, order
         self.L = len(net.layers)
+        self._fx = _fused() if fused else _EAGER
         self.d: list[Opt] = [None] * (self.L + 1)       # deviations d_k, None == exactly zero
-        self._da: list[Opt] = [None] * (self.L + 1)     # pre-activation deviations (cached)
-        self._idx: list[Opt] = list(free.idx)           # pooling indices at the current state
-        self._fresh = [True] * (self.L + 1)             # is _da[k] valid for the current d[k-1]?
+        # cached at the current d_{k-1}: pre-activation deviation δa_k (None == zero), the
+        # pre-activation a_k itself (None until asked for) and the pooling indices
+        self._da: list[Opt] = [None] * (self.L + 1)
+        self._a: list[Opt] = list(free.a)
+        self._idx: list[Opt] = list(free.idx)
+        self._fresh = [True] * (self.L + 1)             # is the cache valid for d[k-1]?
         top = [k for k in range(1, self.L + 1) if k % 2 == self.L % 2]
         rest = [k for k in range(1, self.L + 1) if k % 2 != self.L % 2]
         self.sweeps = [top, rest] if order == "async" else [list(range(1, self.L + 1))]
@@ -242,44 +332,46 @@ class NudgedPhase:
     def da(self, k: int) -> Opt:
         """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (None when it is zero)."""
         if not self._fresh[k]:
-            layer, d_in = self.net.layers[k - 1], self.d[k - 1]
+            layer, d_in, free = self.net.layers[k - 1], self.d[k - 1], self.free
             if d_in is None:
-                self._da[k], self._idx[k] = None, self.free.idx[k]
+                self._da[k], self._a[k], self._idx[k] = None, free.a[k], free.idx[k]
             else:
                 dz = self.ops[k - 1].apply(d_in, bias=False)
                 if layer.pool:
-                    a, self._idx[k] = F.max_pool2d(self.free.z[k] + dz, 2, 2, return_indices=True)
-                    self._da[k] = a - self.free.a[k]
+                    self._a[k], self._idx[k], self._da[k] = self._fx.pool(free.z[k], dz, free.a[k])
                 else:
-                    self._da[k] = dz
+                    self._da[k], self._a[k] = dz, None
             self._fresh[k] = True
         return self._da[k]
 
     def _pre(self, k: int) -> torch.Tensor:
         """Current pre-activation ``a_k = a⁰_k + δa_k``."""
         da = self.da(k)
-        return self.free.a[k] if da is None else self.free.a[k] + da
+        if self._a[k] is None:
+            self._a[k] = self.free.a[k] + da
+        return self._a[k]
 
     def error(self, k: int) -> Opt:
         """``ε_k = d_k − (f_k(h_{k−1}) − h⁰_k)``, from deviations only (None when zero)."""
+        d, da = self.d[k], self.da(k)
+        if da is None:
+            return d
+        if self.net.layers[k - 1].activation == "identity":
+            return -da if d is None else d - da
+        return self._fx.relu_error(d, self._pre(k), self.free.h[k])
+
+    def drive(self, k: int) -> Opt:
+        """``g_k = f_k'(a_k) ⊙ ε_k`` unpooled to the conv output's shape (None when zero)."""
         d, da = self.d[k], self.da(k)
         if d is None and da is None:
             return None
         layer = self.net.layers[k - 1]
         if layer.activation == "identity":
-            df = da
+            g = self.error(k)
+        elif da is None:
+            g = d * (self.free.a[k] > 0)
         else:
-            df = None if da is None else torch.relu(self.free.a[k] + da) - self.free.h[k]
-        if df is None:
-            return d
-        return -df if d is None else d - df
-
-    def drive(self, k: int, eps: Opt) -> Opt:
-        """``g_k = f_k'(a_k) ⊙ ε_k`` unpooled to the conv output's shape (None when zero)."""
-        if eps is None:
-            return None
-        layer = self.net.layers[k - 1]
-        g = eps if layer.activation == "identity" else eps * (self._pre(k) > 0).to(eps.dtype)
+            g = self._fx.relu_drive(d, self._pre(k), self.free.h[k])
         if layer.pool:
             g = F.max_unpool2d(g, self._idx[k], 2, 2, output_size=self.free.z[k].shape[-2:])
         return g
@@ -288,31 +380,29 @@ class NudgedPhase:
     def _new_deviation(self, k: int) -> Opt:
         free = self.free
         if k == self.L:
-            h_out = free.h[k] if self.d[k] is None else free.h[k] + self.d[k]
-            nudge = self.beta * cost_grad(self.cost_name, h_out, self.y)
+            nudge = self.beta * cost_grad(self.cost_name, self.state(k), self.y)
             da = self.da(k)
             return -nudge if da is None else da - nudge
-        g = self.drive(k + 1, self.error(k + 1))
+        g = self.drive(k + 1)
         delta = None if g is None else self.ops[k].transpose(g, free.h[k].shape)
-        da = self.da(k)
-        if delta is None and da is None:
+        if delta is None and self.da(k) is None:
             return None
-        if self.update == "mod_pgd":
-            pre = self._pre(k)
-        else:
-            pre = torch.relu(self._pre(k))
-        return torch.relu(pre if delta is None else pre + delta) - free.h[k]
+        return self._fx.relu_update(self._pre(k), delta, free.h[k], self.update == "pgd")
 
-    def step(self) -> list[float | torch.Tensor]:
-        """One iteration (both half-sweeps for ``async``). Returns the per-layer max change."""
-        change: list = [0.0] * self.L
+    def step(self, measure: bool = True) -> Opt:
+        """One iteration (both half-sweeps for ``async``).
+
+        Returns the largest change of any unit per layer, shape ``(L,)``, when ``measure`` (a
+        device tensor: no host sync), else None.
+        """
+        change = self.free.h[-1].new_zeros(self.L) if measure else None
         for sweep in self.sweeps:
-            new = {k: self._new_deviation(k) for k in sweep}
-            for k, d_new in new.items():
+            new = [(k, self._new_deviation(k)) for k in sweep]
+            for k, d_new in new:
                 old = self.d[k]
-                if d_new is not None or old is not None:
+                if measure and (d_new is not None or old is not None):
                     diff = d_new if old is None else (-old if d_new is None else d_new - old)
-                    change[k - 1] = diff.abs().max()
+                    change[k - 1] = diff.abs().amax()
                 self.d[k] = d_new
                 if k < self.L:
                     self._fresh[k + 1] = False
@@ -329,12 +419,16 @@ class NudgedPhase:
         return torch.stack(out)
 
     def costs(self) -> torch.Tensor:
-        h_out = self.free.h[-1] if self.d[-1] is None else self.free.h[-1] + self.d[-1]
-        return cost(self.cost_name, h_out, self.y)
+        return cost(self.cost_name, self.state(self.L), self.y)
 
     def run(self, iterations: int, tol: Optional[float] = None, record: bool = True,
             signs: Optional[torch.Tensor] = None) -> PhaseTrace:
-        """Run up to ``iterations`` iterations (fewer if every state changed by < ``tol``)."""
+        """Run up to ``iterations`` iterations (fewer if every state changed by < ``tol``).
+
+        With ``record`` off, only the final iteration's state change is measured (every
+        iteration's when ``tol`` is set) and nothing waits for the device inside the loop
+        unless ``tol`` is set.
+        """
         beta = self.beta.flatten()
         e_rows, c_rows, f_rows, changes = [], [], [], []
 
@@ -348,13 +442,13 @@ class NudgedPhase:
             observe()
         t = 0
         for t in range(1, iterations + 1):
-            ch = self.step()
-            changes.append(torch.stack([torch.as_tensor(v, dtype=self.free.h[-1].dtype,
-                                                        device=self.free.h[-1].device)
-                                        for v in ch]))
+            ch = self.step(measure=record or tol is not None or t == iterations)
             if record:
+                changes.append(ch)
                 observe()
-            if tol is not None and float(changes[-1].max()) < tol:
+            elif ch is not None:
+                changes = [ch]
+            if tol is not None and float(ch.max()) < tol:
                 break
         if not record:
             observe()
@@ -376,7 +470,7 @@ class NudgedPhase:
         """
         out = {}
         for k in range(1, self.L + 1):
-            g = self.drive(k, self.error(k))
+            g = self.drive(k)
             if g is None:
                 continue
             g = g * (-weight).view(-1, *([1] * (g.dim() - 1))).to(g.dtype)

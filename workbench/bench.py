@@ -1,0 +1,281 @@
+"""``workbench bench``: speed, memory and fidelity of the EP estimators beside BP, as JSON.
+
+**Speed** (``--measure speed``): every algorithm (``bp`` and the chosen EP schemes) runs
+``--warmup`` untimed steps, then ``--repeats`` timed steps, round-robin over the algorithms in
+one process on one batch, so that the EP/BP ratio compares like with like. A step is one
+``workbench.ep.estimate`` call as training makes it (``trace=False``, ``.grad`` written). Timed
+with CUDA events on a GPU and ``time.perf_counter`` on the CPU; the report holds the median ms per
+step, images/s, EP/BP time and, on CUDA, each algorithm's peak memory.
+
+**Fidelity** (``--measure fidelity``): per layer (weight and bias together), the cosine of the
+estimate in the chosen precision with a float64 run of the *same* estimator (same β, K, weights,
+batch and, for ``random``, the same signs), beside the cosine of BP in that precision with float64
+BP. Issue 6's rule, per layer: ``cos(EP, EP_f64) ≥ cos(BP, BP_f64) − 0.002``.
+
+``--loader`` instead times the ImageNet input pipeline alone
+(:func:`workbench.data.imagenet.bench_loader`).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+import torch
+
+from . import ep, models
+from .energy import COSTS
+from .equilibrate import PRECISIONS
+
+MEASURES = ("speed", "fidelity")
+DEFAULT_SIZES = {"mlp": 28, "vgg5": 32, "vgg10": 224}
+RULE_SLACK = 0.002
+
+__all__ = ["MEASURES", "RULE_SLACK", "environment", "make_batch", "speed", "fidelity",
+           "add_arguments", "main"]
+
+
+# ---------------------------------------------------------------------------------------------
+# building blocks (also used by bench/gpu_check.py)
+# ---------------------------------------------------------------------------------------------
+def environment(device: torch.device) -> dict:
+    """Where a measurement ran: card or CPU, torch version, thread count, UTC time."""
+    if device.type == "cuda":
+        hardware = torch.cuda.get_device_name(device)
+    else:
+        hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return {"device": str(device), "hardware": hardware, "torch": torch.__version__,
+            "cuda": torch.version.cuda if device.type == "cuda" else None,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def make_batch(model: str, image_size: int, in_channels: int, num_classes: int,
+               batch_size: int, device: torch.device, seed: int = 0):
+    """A seeded model (float32) and a synthetic batch: uniform [0, 1) pixels, random labels."""
+    torch.manual_seed(seed)
+    net = models.build(model, num_classes=num_classes, in_channels=in_channels,
+                       image_size=image_size).to(device)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((batch_size, in_channels, image_size, image_size), generator=gen)
+    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+    return net, x.to(device), y.to(device)
+
+
+def _timer(device: torch.device) -> Callable[[Callable], float]:
+    """Returns ``run(fn) -> ms``: CUDA events on a GPU, ``perf_counter`` elsewhere."""
+    if device.type == "cuda":
+        def run(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+    else:
+        def run(fn):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    return run
+
+
+def _step(net, x, y, algorithm: str, precision: str, beta: float, iterations: int, cost: str,
+          fused: bool) -> Callable[[], None]:
+    gen = torch.Generator().manual_seed(0)
+    if algorithm == "bp":
+        return lambda: ep.estimate(net, x, y, scheme="bp", cost=cost, precision=precision,
+                                   accumulate=False)
+    return lambda: ep.estimate(net, x, y, scheme=algorithm, beta=beta, iterations=iterations,
+                               cost=cost, precision=precision, trace=False, accumulate=False,
+                               generator=gen, fused=fused)
+
+
+def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.05,
+          iterations: int = 10, cost: str = "ce", warmup: int = 1, repeats: int = 5,
+          fused: bool = False) -> dict:
+    """Median ms per step, images/s, EP/BP time and (CUDA) peak memory per algorithm."""
+    device = x.device
+    cuda = device.type == "cuda"
+    steps = {a: _step(net, x, y, a, precision, beta, iterations, cost, fused) for a in algorithms}
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    timer = _timer(device)
+    times = {a: [] for a in algorithms}
+    peak = {a: 0 for a in algorithms}
+    for _ in range(repeats):
+        for a, fn in steps.items():
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            times[a].append(timer(fn))
+            if cuda:
+                peak[a] = max(peak[a], torch.cuda.max_memory_allocated(device))
+    out = {}
+    for a in algorithms:
+        ms = statistics.median(times[a])
+        out[a] = {"ms_per_step": ms, "images_per_s": x.shape[0] / ms * 1e3,
+                  "ms_all": [round(t, 3) for t in times[a]],
+                  "peak_memory_mib": peak[a] / 2 ** 20 if cuda else None}
+    if "bp" in out:
+        for a in algorithms:
+            out[a]["time_vs_bp"] = out[a]["ms_per_step"] / out["bp"]["ms_per_step"]
+    return out
+
+
+def _cosines(net, grads, ref) -> list[float]:
+    return [row["cosine"] for row in ep.compare(net, grads, ref)]
+
+
+def fidelity(net, x, y, schemes, *, precision: str = "strict", betas=(0.05,),
+             iterations: int = 10, cost: str = "ce", reference_device=None,
+             fused: bool = False, seed: int = 0) -> dict:
+    """Per-layer cosines with float64 runs of the same computation, and the rule's verdict.
+
+    Returns ``{"bp": [cos(BP, BP_f64) per layer], "betas": {β: {scheme: {"cosine": [...],
+    "margin": [cos − (cos_bp − 0.002)], "pass": bool}}}, "pass": bool}``.
+    """
+    ref_dev = torch.device(reference_device or x.device)
+    net64 = copy.deepcopy(net).to(ref_dev, torch.float64)
+    x64, y64 = x.to(ref_dev, torch.float64), y.to(ref_dev)
+    bp, _, _ = ep.bp_gradients(net, x, y, cost, precision)
+    bp64, _, _ = ep.bp_gradients(net64, x64, y64, cost, "strict")
+    cos_bp = _cosines(net, bp, bp64)
+    signs = torch.randint(0, 2, (x.shape[0],), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    result = {"bp": cos_bp, "betas": {}, "reference": f"float64 on {ref_dev}", "pass": True}
+    for beta in betas:
+        rows = {}
+        for scheme in schemes:
+            kw = dict(scheme=scheme, beta=beta, iterations=iterations, cost=cost, trace=False,
+                      accumulate=False)
+            if scheme == "random":
+                kw["signs"] = signs.to(x.device, x.dtype)
+            est = ep.estimate(net, x, y, precision=precision, fused=fused, **kw)
+            if scheme == "random":
+                kw["signs"] = signs.to(ref_dev, torch.float64)
+            ref = ep.estimate(net64, x64, y64, precision="strict", **kw)
+            cos = _cosines(net, est.grads, ref.grads)
+            margin = [c - (b - RULE_SLACK) for c, b in zip(cos, cos_bp)]
+            ok = all(math.isfinite(m) and m >= 0 for m in margin)
+            rows[scheme] = {"cosine": cos, "margin": margin, "pass": ok}
+            result["pass"] = result["pass"] and ok
+        result["betas"][str(beta)] = rows
+    net.zero_grad(set_to_none=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vgg5", choices=models.available())
+    p.add_argument("--image-size", type=int, default=None,
+                   help="default: 28 for mlp, 32 for vgg5, 224 for vgg10")
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="strict", choices=PRECISIONS)
+    p.add_argument("--schemes", nargs="+", default=["bp", "centered"], choices=ep.ALL_SCHEMES,
+                   metavar="SCHEME", help=f"any of {', '.join(ep.ALL_SCHEMES)} "
+                   "(default: bp centered)")
+    p.add_argument("--measure", nargs="+", default=["speed"], choices=MEASURES)
+    p.add_argument("--beta", type=float, default=0.05, help="β for the speed runs")
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--cost", default="ce", choices=COSTS)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--fidelity-betas", type=float, nargs="+", default=[0.05, 0.005, 0.0005])
+    p.add_argument("--fidelity-batch", type=int, default=16)
+    p.add_argument("--reference-device", default=None,
+                   help="where the float64 reference runs (default: --device)")
+    p.add_argument("--fused", action="store_true",
+                   help="compile the elementwise work with torch.compile (see BENCHMARKS.md)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the JSON to this file")
+    g = p.add_argument_group("input pipeline (--loader: time workbench.data.imagenet alone)")
+    g.add_argument("--loader", action="store_true")
+    g.add_argument("--data-root", default=None,
+                   help="an ImageNet folder (default: generated JPEGs in a temporary folder)")
+    g.add_argument("--workers", type=int, default=None, help="default: all CPU cores")
+    g.add_argument("--batches", type=int, default=20)
+    g.add_argument("--gpu-decode", action="store_true")
+
+
+def _check(args) -> None:
+    for name in ("batch_size", "repeats", "iterations", "fidelity_batch", "batches"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.beta <= 0 or any(b <= 0 for b in args.fidelity_betas):
+        raise ValueError("--beta and --fidelity-betas take values > 0")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine "
+                         f"(torch {torch.__version__}); use --device cpu")
+
+
+def _loader(args, device: torch.device) -> dict:
+    try:
+        from .data.imagenet import bench_loader
+    except ImportError as e:
+        raise ValueError(f"--loader needs workbench.data.imagenet.bench_loader: {e}") from e
+    kw = {} if args.workers is None else {"workers": args.workers}
+    return bench_loader(data_root=args.data_root, image_size=args.image_size or 224,
+                        batch_size=args.batch_size, batches=args.batches,
+                        gpu_decode=args.gpu_decode, device=str(device), **kw)
+
+
+def run(args) -> dict:
+    _check(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.loader:
+        return {"loader": _loader(args, device), **environment(device)}
+    size = args.image_size or DEFAULT_SIZES.get(args.model, 32)
+    out = {"model": args.model, "image_size": size, "in_channels": args.in_channels,
+           "num_classes": args.num_classes, "precision": args.precision, "cost": args.cost,
+           "iterations": args.iterations, "fused": args.fused, **environment(device)}
+    if "speed" in args.measure:
+        net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
+                               args.batch_size, device, args.seed)
+        out["speed"] = {"batch_size": args.batch_size, "beta": args.beta,
+                        "warmup": args.warmup, "repeats": args.repeats,
+                        "timer": "cuda events" if device.type == "cuda" else "perf_counter",
+                        "algorithms": speed(net, x, y, args.schemes, precision=args.precision,
+                                            beta=args.beta, iterations=args.iterations,
+                                            cost=args.cost, warmup=args.warmup,
+                                            repeats=args.repeats, fused=args.fused)}
+    if "fidelity" in args.measure:
+        net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
+                               args.fidelity_batch, device, args.seed)
+        schemes = [s for s in args.schemes if s != "bp"] or ["centered"]
+        out["fidelity"] = {"batch_size": args.fidelity_batch, "rule_slack": RULE_SLACK,
+                           **fidelity(net, x, y, schemes, precision=args.precision,
+                                      betas=args.fidelity_betas, iterations=args.iterations,
+                                      cost=args.cost, reference_device=args.reference_device,
+                                      fused=args.fused, seed=args.seed)}
+    return out
+
+
+def main(args) -> int:
+    try:
+        out = run(args)
+    except ValueError as e:
+        print(f"workbench bench: error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
