@@ -264,16 +264,17 @@ def build(root: str | None, split: str, image_size: int, *, decode: str = "cpu",
 # ---------------------------------------------------------------------------------------------
 # the loader benchmark (``workbench bench --loader``)
 # ---------------------------------------------------------------------------------------------
-def _per_core_rate(ds: ImageNetFolder, count: int) -> float:
-    """Items per second that one thread of this process prepares (what one worker can do)."""
+def _per_core_rate(ds: ImageNetFolder, count: int) -> tuple[float, float]:
+    """Items per second one thread of this process prepares (what one worker can do), by CPU
+    time (the cost of an item, whatever else the machine runs) and by wall-clock time."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         ds[0]
-        start = time.perf_counter()
+        cpu, wall = time.process_time(), time.perf_counter()
         for i in range(count):
             ds[i % len(ds)]
-        return count / (time.perf_counter() - start)
+        return count / (time.process_time() - cpu), count / (time.perf_counter() - wall)
     finally:
         torch.set_num_threads(threads)
 
@@ -288,8 +289,9 @@ def bench_loader(data_root: str | None = None, image_size: int = 224, batch_size
     through a DataLoader with ``workers`` worker processes, pinned memory on CUDA and persistent
     workers, moving each batch to ``device`` and applying ``device_transform`` there (GPU JPEG
     decode with ``gpu_decode``). Separately times ``per_core_images`` items on one thread of this
-    process: the decode + transform rate of one core, from which it derives the cores needed
-    for ``target_rate`` images/s. With ``data_root=None`` it first writes 256 photo-like
+    process: the decode + transform rate of one core (``per_core_images_per_s``, by the CPU time
+    used, so other load on the machine does not lower it; ``per_core_wall_images_per_s`` by the
+    clock), from which it derives the cores needed for ``target_rate`` images/s. With ``data_root=None`` it first writes 256 photo-like
     500×375 JPEGs (≈ 100 KB each) to a temporary folder; files are then read from the page
     cache, so the numbers measure CPU work, not the disk.
     """
@@ -308,7 +310,7 @@ def bench_loader(data_root: str | None = None, image_size: int = 224, batch_size
         ds = build(data_root, split, image_size, decode="device" if gpu_decode else "cpu",
                    normalize=normalize)
         sizes = [ds.path(i).stat().st_size for i in range(min(len(ds), 256))]
-        per_core = _per_core_rate(ds, per_core_images)
+        per_core, per_core_wall = _per_core_rate(ds, per_core_images)
         rate, warmup = _loader_rate(ds, batch_size, workers, batches, torch.device(device))
     result = {
         "data_root": source, "split": split, "image_size": image_size,
@@ -318,6 +320,7 @@ def bench_loader(data_root: str | None = None, image_size: int = 224, batch_size
         "images_per_s": round(rate, 1),
         "images_per_s_per_worker": round(rate / workers, 1) if workers else None,
         "per_core_images_per_s": round(per_core, 1),
+        "per_core_wall_images_per_s": round(per_core_wall, 1),
         "target_images_per_s": target_rate,
         "cores_for_target": math.ceil(target_rate / per_core),
         "warmup_s": round(warmup, 2), "cpu_count": os.cpu_count(),
