@@ -349,14 +349,10 @@ def _check_dest(dest: Path, plan: Plan, settings: dict) -> None:
 
 def _run_jobs(jobs: list[Job], dest: Path, settings: dict, workers: int) -> None:
     work = partial(process, dest=dest, **settings)
+    pool = multiprocessing.Pool(workers) if workers > 1 else None
+    results = pool.imap_unordered(work, jobs) if pool else map(work, jobs)
     bar = tqdm(total=len(jobs), unit="class", desc="classes", mininterval=1.0, file=sys.stderr)
     images = 0
-    if workers == 1:
-        results = map(work, jobs)
-        pool = None
-    else:
-        pool = multiprocessing.Pool(workers)
-        results = pool.imap_unordered(work, jobs)
     try:
         for record in results:
             images += len(record["files"])
@@ -367,6 +363,17 @@ def _run_jobs(jobs: list[Job], dest: Path, settings: dict, workers: int) -> None
         if pool is not None:
             pool.terminate()
             pool.join()
+
+
+def is_done(dest: Path, job: Job) -> bool:
+    """Whether ``job``'s class was finished: its marker exists and every file it lists is
+    still in the class folder (a class whose files were deleted since is done again)."""
+    marker = marker_path(dest, job.split, job.wnid)
+    if not marker.is_file():
+        return False
+    folder = Path(dest) / job.split / job.wnid
+    present = {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
+    return set(json.loads(marker.read_text())["files"]) <= present
 
 
 def _write_manifest(dest: Path, plan: Plan, settings: dict) -> dict[str, int]:
@@ -418,7 +425,7 @@ def prepare(source, dest, *, resize: int | None = None, quality: int = 95,
     settings = {"resize": resize, "quality": quality}
     dest.mkdir(parents=True, exist_ok=True)
     _check_dest(dest, plan, settings)
-    todo = [j for j in plan.jobs if not marker_path(dest, j.split, j.wnid).is_file()]
+    todo = [j for j in plan.jobs if not is_done(dest, j)]
     print(f"{len(plan.jobs) - len(todo)} of {len(plan.jobs)} classes already done; "
           f"{len(todo)} to do on {workers} worker(s)")
     _run_jobs(todo, dest, settings, workers)

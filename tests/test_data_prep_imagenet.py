@@ -160,7 +160,8 @@ def test_interrupted_run_resumes_without_redoing_finished_classes(prepared, tmp_
     """Oracle: an uninterrupted run. A run that stops at a corrupt image in the second class
     (exit 2, naming the file) keeps the first class; once the image is fixed, the re-run
     leaves the first class's files untouched (same inode and mtime), removes the temporary file
-    a killed writer left, and ends with exactly the uninterrupted run's files."""
+    a killed writer left, and ends with exactly the uninterrupted run's files; a file deleted
+    from a finished class is written again by the next run."""
     src = tmp_path / "src"
     truth = synthetic.write(src, "folder", **SMALL)
     first, second = sorted(truth["train"])[:2]
@@ -182,6 +183,10 @@ def test_interrupted_run_resumes_without_redoing_finished_classes(prepared, tmp_
     assert imagenet.prepare(src, dest, workers=2, allow_partial=True) == 0
     assert not stale.exists()
     assert {k: v for k, v in tree(dest).items() if k.startswith(f"train/{first}/")} == kept
+    assert images(dest) == images(prepared[0])
+    lost = dest / "train" / first / truth["train"][first][0]
+    lost.unlink()
+    assert imagenet.prepare(src, dest, workers=1, allow_partial=True) == 0
     assert images(dest) == images(prepared[0])
 
 
