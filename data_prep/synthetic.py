@@ -135,11 +135,11 @@ def write(dest, layout: str = "official", classes: int = 10, train_per_class: in
     if layout == "kaggle":
         _write_kaggle(dest, names, per_class, val, truth["val"])
     else:
-        _write_official(dest, layout, names, per_class, val, truth["val"], rng)
+        _write_official(dest, layout, names, per_class, val, truth["val"])
     return truth
 
 
-def _write_official(dest, layout, names, per_class, val, val_wnid, rng) -> None:
+def _write_official(dest, layout, names, per_class, val, val_wnid) -> None:
     if layout == "official":
         with tarfile.open(dest / "ILSVRC2012_img_train.tar", "w") as outer:
             for wnid in names:
@@ -155,7 +155,7 @@ def _write_official(dest, layout, names, per_class, val, val_wnid, rng) -> None:
                 for name, data in per_class[wnid].items():
                     (folder / name).write_bytes(data)
     (dest / "ILSVRC2012_img_val.tar").write_bytes(_tar_bytes(val))
-    ids = [int(i) + 1 for i in rng.permutation(len(names))]
+    ids = [(i + 1) % len(names) + 1 for i in range(len(names))]  # not in wnid order
     id_of = dict(zip(names, ids))
     truth_txt = "".join(f"{id_of[val_wnid[n]]}\n" for n in sorted(val))
     with tarfile.open(dest / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as t:
