@@ -384,7 +384,8 @@ def _write_manifest(dest: Path, plan: Plan, settings: dict) -> dict[str, int]:
         classes = {}
         for marker in sorted((dest / PROGRESS / split).glob("*.json")):
             wnid, record = marker.stem, json.loads(marker.read_text())
-            listing = [f"{sha}  {split}/{wnid}/{name}" for name, sha in sorted(record["files"].items())]
+            listing = [f"{sha}  {split}/{wnid}/{name}"
+                       for name, sha in sorted(record["files"].items())]
             lines += listing
             classes[wnid] = {"images": len(listing),
                              "sha256": hashlib.sha256("\n".join(listing).encode()).hexdigest()}

@@ -3,13 +3,13 @@
     python -m data_prep.synthetic --dest DIR [--layout official|kaggle|folder|class_tars]
         [--classes 10] [--train-per-class 20] [--val-per-class 5] [--size 500x375]
 
-``official`` writes ``ILSVRC2012_img_train.tar`` (a tar of per-class tars), ``ILSVRC2012_img_val.tar``
-and ``ILSVRC2012_devkit_t12.tar.gz`` (``data/meta.mat`` written with scipy in the real struct
-layout — leaf synsets plus a few parents with ``num_children > 0``, ILSVRC2012_IDs not in wnid
-order — and ``data/ILSVRC2012_validation_ground_truth.txt``). ``kaggle`` writes
-``ILSVRC/Data/CLS-LOC/{train,val}`` with ``LOC_val_solution.csv`` and ``LOC_synset_mapping.txt``;
-``folder`` an extracted ``train/<wnid>/`` folder, ``class_tars`` a ``train/<wnid>.tar`` folder
-(both beside the official val tar and devkit). The first class's first three training images are
+``official`` writes ``ILSVRC2012_img_train.tar`` (a tar of per-class tars),
+``ILSVRC2012_img_val.tar`` and ``ILSVRC2012_devkit_t12.tar.gz`` (``data/meta.mat`` written with
+scipy in the real struct layout — leaf synsets plus a few parents with ``num_children > 0``,
+ILSVRC2012_IDs not in wnid order — and ``data/ILSVRC2012_validation_ground_truth.txt``).
+``kaggle`` writes ``ILSVRC/Data/CLS-LOC/{train,val}`` with ``LOC_val_solution.csv`` and
+``LOC_synset_mapping.txt``; ``folder`` an extracted ``train/<wnid>/`` folder, ``class_tars`` a
+``train/<wnid>.tar`` folder (both beside the official val tar and devkit). The first class's first three training images are
 the real set's quirks: a PNG named ``.JPEG``, a CMYK JPEG and a greyscale JPEG.
 
 Images are smooth random fields with a little noise, so that a 500×375 JPEG has about the size

@@ -31,8 +31,8 @@ def root(tmp_path_factory):
 
 def test_items_labels_and_classes(root):
     """Oracle: the folder tree — classes are the sorted wnids, each item's label indexes its
-    folder's wnid, items are uint8 (3, S, S) (normalised on the device), interleaved across classes (so the first N, as
-    --limit-train takes them, cover every class)."""
+    folder's wnid, items are uint8 (3, S, S) (normalised on the device), interleaved across
+    classes (so the first N, as --limit-train takes them, cover every class)."""
     for split, n, first in (("train", 12, [0, 1, 2, 0, 1, 2]), ("val", 4, [0, 1, 0, 1])):
         ds = imagenet.build(str(root), split, 32)
         assert ds.classes == synthetic.wnids(3) and len(ds) == n

@@ -291,9 +291,10 @@ def bench_loader(data_root: str | None = None, image_size: int = 224, batch_size
     decode with ``gpu_decode``). Separately times ``per_core_images`` items on one thread of this
     process: the decode + transform rate of one core (``per_core_images_per_s``, by the CPU time
     used, so other load on the machine does not lower it; ``per_core_wall_images_per_s`` by the
-    clock), from which it derives the cores needed for ``target_rate`` images/s. With ``data_root=None`` it first writes 256 photo-like
-    500×375 JPEGs (≈ 100 KB each) to a temporary folder; files are then read from the page
-    cache, so the numbers measure CPU work, not the disk.
+    clock), from which it derives the cores needed for ``target_rate`` images/s. With
+    ``data_root=None`` it first writes 256 photo-like 500×375 JPEGs (≈ 100 KB each) to a
+    temporary folder; files are then read from the page cache, so the numbers measure CPU work,
+    not the disk.
     """
     if gpu_decode and not str(device).startswith("cuda"):
         raise ValueError(f"gpu_decode needs a CUDA device, got device={device!r}")
