@@ -9,8 +9,9 @@ scipy in the real struct layout — leaf synsets plus a few parents with ``num_c
 ILSVRC2012_IDs not in wnid order — and ``data/ILSVRC2012_validation_ground_truth.txt``).
 ``kaggle`` writes ``ILSVRC/Data/CLS-LOC/{train,val}`` with ``LOC_val_solution.csv`` and
 ``LOC_synset_mapping.txt``; ``folder`` an extracted ``train/<wnid>/`` folder, ``class_tars`` a
-``train/<wnid>.tar`` folder (both beside the official val tar and devkit). The first class's first three training images are
-the real set's quirks: a PNG named ``.JPEG``, a CMYK JPEG and a greyscale JPEG.
+``train/<wnid>.tar`` folder (both beside the official val tar and devkit). The first class's
+first three training images are the real set's quirks: a PNG named ``.JPEG``, a CMYK JPEG and a
+greyscale JPEG; the first val image is greyscale.
 
 Images are smooth random fields with a little noise, so that a 500×375 JPEG has about the size
 and decode cost of an ImageNet photo (≈ 110 KB), unlike pure noise or flat colour.
