@@ -98,6 +98,11 @@ class DeviceDecode:
             raise ValueError(f"expected a uint8 batch of encoded images (N, >{8 * HEADER}), "
                              f"got {batch.dtype} {tuple(batch.shape)}")
         host = batch.cpu()
+        if batch.device.type == "cuda":
+            # nvJPEG decodes on a private stream that does not wait for the caller's stream, and
+            # may be handed memory that queued kernels still read (pytorch/vision#9606): decode
+            # with nothing in flight.
+            torch.cuda.current_stream(batch.device).synchronize()
         header = host[:, :8 * HEADER].contiguous().view(torch.int64).tolist()
         data = [host[i, 8 * HEADER:8 * HEADER + h[0]] for i, h in enumerate(header)]
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=batch.device)
