@@ -231,3 +231,22 @@ def test_bad_input_is_explained(official, tmp_path, capsys):
     assert tree(dest) == before
     assert imagenet.main(["--source", str(src), "--dest", str(dest), "--splits", "test"]) == 2
     assert "train,val" in capsys.readouterr().err
+
+
+def test_synthetic_command_writes_what_it_reports(tmp_path, capsys):
+    """Oracle: the files on disk — the command's JSON counts match the archive's members, the
+    quirks are what the JPEG/PNG headers say; a malformed --size is refused."""
+    assert synthetic.main(["--dest", str(tmp_path), "--classes", "2", "--train-per-class", "3",
+                           "--val-per-class", "1", "--size", "32x24"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["train"], report["val"]) == (6, 2)
+    plan = imagenet.discover(tmp_path)
+    assert sum(len(j.members) for j in plan.jobs if j.split == "val") == 2
+    first = next(j for j in plan.jobs if j.split == "train")
+    found = {}
+    for name, data in imagenet._images(first):
+        with Image.open(io.BytesIO(data)) as im:
+            found[name] = f"{im.format} {im.mode}"
+    assert {n: q for n, q in found.items() if q != "JPEG RGB"} == report["quirks"]
+    with pytest.raises(SystemExit):
+        synthetic.main(["--dest", str(tmp_path), "--size", "32"])
