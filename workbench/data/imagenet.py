@@ -25,6 +25,7 @@ batch after moving it to the device. ``bench_loader`` measures the input pipelin
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchvision
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
@@ -240,9 +242,7 @@ class ImageNetFolder(Dataset):
 
     def _encoded(self, index: int, data: torch.Tensor) -> torch.Tensor:
         """``HEADER`` int64 (nbytes, crop top, left, height, width, flip) + the JPEG bytes."""
-        from PIL import Image
-
-        with Image.open(self.path(index)) as im:
+        with Image.open(io.BytesIO(data.numpy())) as im:
             if im.format != "JPEG" or im.mode != "RGB":
                 raise ValueError(f"{self.path(index)} is a {im.format} {im.mode} image; device "
                                  f"decoding needs RGB JPEGs: prepare the folder with "
