@@ -152,11 +152,13 @@ def test_bf16_fast_mode_is_close_to_float64():
     from workbench import bench
 
     net, x, y = small("vgg5", seed=1, batch=8, dtype=torch.float32)
-    res = bench.fidelity(net, x, y, ["centered", "forward"], precision="fast",
+    res = bench.fidelity(net, x, y, ["centered", "forward"], precisions=["fast"],
                          betas=(0.05, 0.0005), iterations=6)
-    assert all(0.95 < c < 1 - 1e-7 for c in res["bp"][:4]), res["bp"]  # BP really rounded
+    bp = res["bp"]["fast"]
+    assert all(0.95 < c < 1 - 1e-7 for c in bp[:4]), bp                # BP really rounded
     for beta, rows in res["betas"].items():
-        for scheme, row in rows.items():
+        for scheme, by_precision in rows.items():
+            row = by_precision["fast"]
             assert min(row["cosine"]) > 0.95, (beta, scheme, row["cosine"])
             assert min(row["margin"]) > -0.03, (beta, scheme, row["margin"])
 

@@ -50,18 +50,31 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         hardware = torch.cuda.get_device_name(device)
     else:
-        hardware = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        hardware = f"{_cpu_name()}, {torch.get_num_threads()} threads"
     return {"device": str(device), "hardware": hardware, "torch": torch.__version__,
             "cuda": torch.version.cuda if device.type == "cuda" else None,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def make_batch(model: str, image_size: int, in_channels: int, num_classes: int,
-               batch_size: int, device: torch.device, seed: int = 0):
-    """A seeded model (float32) and a synthetic batch: uniform [0, 1) pixels, random labels."""
+               batch_size: int, device: torch.device, seed: int = 0, **overrides):
+    """A seeded model (float32; ``overrides`` go to :func:`workbench.models.build`) and a
+    synthetic batch: uniform [0, 1) pixels, random labels."""
     torch.manual_seed(seed)
     net = models.build(model, num_classes=num_classes, in_channels=in_channels,
-                       image_size=image_size).to(device)
+                       image_size=image_size, **overrides).to(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((batch_size, in_channels, image_size, image_size), generator=gen)
     y = torch.randint(0, num_classes, (batch_size,), generator=gen)
@@ -130,43 +143,52 @@ def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.0
     return out
 
 
-def _cosines(net, grads, ref) -> list[float]:
-    return [row["cosine"] for row in ep.compare(net, grads, ref)]
+def _cosines(net, grads, ref) -> list:
+    """Per-layer cosine; 1.0 where both are exactly zero (a layer the nudge has not reached
+    within K iterations: identical), None where only one of them is."""
+    out = []
+    for row in ep.compare(net, grads, ref):
+        if row["norm"] == 0 or row["ref_norm"] == 0:
+            out.append(1.0 if row["norm"] == row["ref_norm"] else None)
+        else:
+            out.append(row["cosine"])
+    return out
 
 
-def fidelity(net, x, y, schemes, *, precision: str = "strict", betas=(0.05,),
-             iterations: int = 10, cost: str = "ce", reference_device=None,
-             fused: bool = False, seed: int = 0) -> dict:
+def fidelity(net, x, y, schemes, *, precisions=("strict",), betas=(0.05,), iterations: int = 10,
+             cost: str = "ce", reference_device=None, fused: bool = False, seed: int = 0) -> dict:
     """Per-layer cosines with float64 runs of the same computation, and the rule's verdict.
 
-    Returns ``{"bp": [cos(BP, BP_f64) per layer], "betas": {β: {scheme: {"cosine": [...],
-    "margin": [cos − (cos_bp − 0.002)], "pass": bool}}}, "pass": bool}``.
+    Returns ``{"bp": {precision: [cos(BP, BP_f64) per layer]}, "betas": {β: {scheme:
+    {precision: {"cosine": [...], "margin": [cos − (cos_bp − 0.002)], "pass": bool}}}},
+    "pass": bool}``; each float64 reference is computed once and shared by the precisions.
     """
     ref_dev = torch.device(reference_device or x.device)
     net64 = copy.deepcopy(net).to(ref_dev, torch.float64)
     x64, y64 = x.to(ref_dev, torch.float64), y.to(ref_dev)
-    bp, _, _ = ep.bp_gradients(net, x, y, cost, precision)
     bp64, _, _ = ep.bp_gradients(net64, x64, y64, cost, "strict")
-    cos_bp = _cosines(net, bp, bp64)
+    cos_bp = {p: _cosines(net, ep.bp_gradients(net, x, y, cost, p)[0], bp64) for p in precisions}
     signs = torch.randint(0, 2, (x.shape[0],), generator=torch.Generator().manual_seed(seed)) * 2 - 1
-    result = {"bp": cos_bp, "betas": {}, "reference": f"float64 on {ref_dev}", "pass": True}
+    result = {"reference": f"float64 on {ref_dev}", "bp": cos_bp, "betas": {}, "pass": True}
     for beta in betas:
-        rows = {}
+        rows = result["betas"][str(beta)] = {}
         for scheme in schemes:
             kw = dict(scheme=scheme, beta=beta, iterations=iterations, cost=cost, trace=False,
                       accumulate=False)
             if scheme == "random":
-                kw["signs"] = signs.to(x.device, x.dtype)
-            est = ep.estimate(net, x, y, precision=precision, fused=fused, **kw)
-            if scheme == "random":
                 kw["signs"] = signs.to(ref_dev, torch.float64)
-            ref = ep.estimate(net64, x64, y64, precision="strict", **kw)
-            cos = _cosines(net, est.grads, ref.grads)
-            margin = [c - (b - RULE_SLACK) for c, b in zip(cos, cos_bp)]
-            ok = all(math.isfinite(m) and m >= 0 for m in margin)
-            rows[scheme] = {"cosine": cos, "margin": margin, "pass": ok}
-            result["pass"] = result["pass"] and ok
-        result["betas"][str(beta)] = rows
+            ref = ep.estimate(net64, x64, y64, precision="strict", **kw).grads
+            if scheme == "random":
+                kw["signs"] = signs.to(x.device, x.dtype)
+            rows[scheme] = {}
+            for p in precisions:
+                est = ep.estimate(net, x, y, precision=p, fused=fused, **kw)
+                cos = _cosines(net, est.grads, ref)
+                margin = [None if c is None else c - (b - RULE_SLACK)
+                          for c, b in zip(cos, cos_bp[p])]
+                ok = all(m is not None and math.isfinite(m) and m >= 0 for m in margin)
+                rows[scheme][p] = {"cosine": cos, "margin": margin, "pass": ok}
+                result["pass"] = result["pass"] and ok
     net.zero_grad(set_to_none=True)
     return result
 
@@ -239,6 +261,7 @@ def run(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
     if args.loader:
         return {"loader": _loader(args, device), **environment(device)}
     size = args.image_size or DEFAULT_SIZES.get(args.model, 32)
@@ -260,7 +283,7 @@ def run(args) -> dict:
                                args.fidelity_batch, device, args.seed)
         schemes = [s for s in args.schemes if s != "bp"] or ["centered"]
         out["fidelity"] = {"batch_size": args.fidelity_batch, "rule_slack": RULE_SLACK,
-                           **fidelity(net, x, y, schemes, precision=args.precision,
+                           **fidelity(net, x, y, schemes, precisions=[args.precision],
                                       betas=args.fidelity_betas, iterations=args.iterations,
                                       cost=args.cost, reference_device=args.reference_device,
                                       fused=args.fused, seed=args.seed)}

@@ -13,11 +13,15 @@ output's parity (for an even L: even layers first, as in the paper); one *iterat
 half-sweeps. Order ``sync`` updates all layers at once from the old states.
 
 Deviation form: the engine carries ``d_k = h_k − h_k⁰`` (``h⁰`` the free state) instead of
-``h_k``. Convolutions and dense maps are linear, so ``W(h⁰ + d) = z⁰ + W d``; pooling and ReLU are
-evaluated on ``z⁰ + W d`` in the state dtype, and ``ε_k = d_k − (relu(a⁰_k + δa_k) − h⁰_k)`` is formed
-from deviations only. In exact arithmetic this *is* the update above; in low precision it avoids
-the cancellation ``h − f(h)`` (both O(1), difference O(β)). It also makes untouched layers free:
-a deviation that the nudge has not reached yet is exactly zero, stored as ``None`` and skipped.
+``h_k``. Convolutions and dense maps are linear, so ``W(h⁰ + d) = z⁰ + W d``. Pooling is taken
+over ``(z⁰ − a⁰ spread over each window) + W d``, whose maximum is the pre-activation deviation
+``δa`` itself (exactly ``W d`` where the free choice stands), and ReLU differences are taken as
+``relu(c + s) − relu(c) = where(c > 0, max(s, −c), relu(c + s))``, so that
+``ε_k = d_k − (relu(a⁰_k + δa_k) − h⁰_k)`` and every new deviation are formed from deviations only,
+exactly wherever a unit stays active. In exact arithmetic this *is* the update above; in low
+precision it avoids the cancellation ``h − f(h)`` (both O(1), difference O(β)). It also makes
+untouched layers free: a deviation that the nudge has not reached yet is exactly zero, stored
+as ``None`` and skipped.
 
 Shapes: states are ``(N, C, H, W)`` for conv layers and ``(N, features)`` for dense layers. β is a
 ``(N, 1)`` tensor (one value per example, so the ``random`` scheme needs one phase).
@@ -184,13 +188,14 @@ class _LayerOps:
 class FreeState:
     """The free-phase equilibrium, index ``k`` for layer ``k`` (index 0 is the input).
 
-    ``h[k]`` states after activation, ``a[k]`` pre-activations after pooling, ``z[k]`` the conv
-    output before pooling (pooling layers only, else ``None``), ``idx[k]`` its pooling indices.
-    All in the state dtype. ``h[0]`` is the input.
+    ``h[k]`` states after activation, ``a[k]`` pre-activations after pooling, ``idx[k]`` the
+    pooling indices and ``zc[k]`` the conv output before pooling *centred on its pooled value*,
+    ``z − a`` spread over each 2×2 window (≤ 0, and 0 where the pool chose); the last two only
+    for pooling layers, else ``None``. All in the state dtype. ``h[0]`` is the input.
     """
     h: list
     a: list
-    z: list
+    zc: list
     idx: list
 
     @property
@@ -200,20 +205,20 @@ class FreeState:
 
 @torch.no_grad()
 def free_phase(net, x: torch.Tensor, ops: list[_LayerOps], precision: Precision) -> FreeState:
-    h, a, z, idx = [x.to(precision.state)], [None], [None], [None]
+    h, a, zc, idx = [x.to(precision.state)], [None], [None], [None]
     for layer, op in zip(net.layers, ops):
         out = op.apply(h[-1], bias=True)
         if layer.pool:
-            z.append(out)
             pooled, i = F.max_pool2d(out, 2, 2, return_indices=True)
+            zc.append(out.sub_(F.interpolate(pooled, scale_factor=2, mode="nearest")))
             a.append(pooled)
             idx.append(i)
         else:
-            z.append(None)
+            zc.append(None)
             a.append(out)
             idx.append(None)
         h.append(layer.act(a[-1]))
-    return FreeState(h, a, z, idx)
+    return FreeState(h, a, zc, idx)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,28 +259,35 @@ class Trace:
 # ---------------------------------------------------------------------------------------------
 # the elementwise work of one update, as pure functions (eager, or fused by torch.compile)
 # ---------------------------------------------------------------------------------------------
-def _pool(z0: torch.Tensor, dz: torch.Tensor, a0: torch.Tensor):
-    """Pooled pre-activation at ``z⁰ + δz``: ``(a, pooling indices, δa = a − a⁰)``."""
-    a, idx = F.max_pool2d(z0 + dz, 2, 2, return_indices=True)
-    return a, idx, a - a0
+def _relu_shift(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``relu(c + s) − relu(c)``, exactly ``s`` where ``c`` and ``c + s`` are both positive."""
+    return torch.where(c > 0, torch.maximum(s, -c), torch.relu(c + s))
 
 
-def _relu_error(d: Opt, a: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """``ε = d − (relu(a) − h⁰)`` for a ReLU layer (``d`` None means zero)."""
-    eps = torch.relu(a).sub_(h0).neg_()
+def _pool(zc: torch.Tensor, dz: torch.Tensor):
+    """``(δa, indices)``: max-pool of ``zc + δz`` (``zc`` from :class:`FreeState`)."""
+    return F.max_pool2d(zc + dz, 2, 2, return_indices=True)
+
+
+def _relu_error(d: Opt, a0: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
+    """``ε = d − (relu(a⁰ + δa) − relu(a⁰))`` for a ReLU layer (``d`` None means zero)."""
+    eps = _relu_shift(a0, da).neg_()
     return eps if d is None else eps.add_(d)
 
 
-def _relu_drive(d: Opt, a: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """``relu'(a) ⊙ ε``."""
-    return _relu_error(d, a, h0).mul_(a > 0)
+def _relu_drive(d: Opt, a0: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
+    """``relu'(a⁰ + δa) ⊙ ε``."""
+    return _relu_error(d, a0, da).mul_(da > -a0)
 
 
-def _relu_update(a: torch.Tensor, delta: Opt, h0: torch.Tensor, pgd: bool) -> torch.Tensor:
-    """New deviation ``relu(base + Δ) − h⁰``; ``base`` is ``a`` (mod_pgd) or ``relu(a)`` (pgd)."""
-    base = torch.relu(a) if pgd else a
-    h = torch.relu(base) if delta is None else (base + delta).relu_()
-    return h.sub_(h0)
+def _relu_update(a0: torch.Tensor, h0: torch.Tensor, da: Opt, delta: Opt,
+                 pgd: bool) -> torch.Tensor:
+    """New deviation ``relu(base + Δ) − h⁰``, ``base = a⁰ + δa`` (mod_pgd) or ``relu(a⁰ + δa)``
+    (pgd); ``da`` or ``delta`` None means zero (not both)."""
+    if pgd:
+        df = None if da is None else _relu_shift(a0, da)
+        return _relu_shift(h0, delta if df is None else (df if delta is None else df + delta))
+    return _relu_shift(a0, delta if da is None else (da if delta is None else da + delta))
 
 
 @dataclass(frozen=True)
@@ -319,9 +331,9 @@ class NudgedPhase:
         self._fx = _fused() if fused else _EAGER
         self.d: list[Opt] = [None] * (self.L + 1)       # deviations d_k, None == exactly zero
         # cached at the current d_{k-1}: pre-activation deviation δa_k (None == zero), the
-        # pre-activation a_k itself (None until asked for) and the pooling indices
+        # pre-activation a⁰_k + δa_k (None until asked for) and the pooling indices
         self._da: list[Opt] = [None] * (self.L + 1)
-        self._a: list[Opt] = list(free.a)
+        self._a: list[Opt] = [None] * (self.L + 1)
         self._idx: list[Opt] = list(free.idx)
         self._fresh = [True] * (self.L + 1)             # is the cache valid for d[k-1]?
         top = [k for k in range(1, self.L + 1) if k % 2 == self.L % 2]
@@ -333,20 +345,23 @@ class NudgedPhase:
         """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (None when it is zero)."""
         if not self._fresh[k]:
             layer, d_in, free = self.net.layers[k - 1], self.d[k - 1], self.free
+            self._a[k] = None
             if d_in is None:
-                self._da[k], self._a[k], self._idx[k] = None, free.a[k], free.idx[k]
+                self._da[k], self._idx[k] = None, free.idx[k]
             else:
                 dz = self.ops[k - 1].apply(d_in, bias=False)
                 if layer.pool:
-                    self._a[k], self._idx[k], self._da[k] = self._fx.pool(free.z[k], dz, free.a[k])
+                    self._da[k], self._idx[k] = self._fx.pool(free.zc[k], dz)
                 else:
-                    self._da[k], self._a[k] = dz, None
+                    self._da[k] = dz
             self._fresh[k] = True
         return self._da[k]
 
     def _pre(self, k: int) -> torch.Tensor:
         """Current pre-activation ``a_k = a⁰_k + δa_k``."""
         da = self.da(k)
+        if da is None:
+            return self.free.a[k]
         if self._a[k] is None:
             self._a[k] = self.free.a[k] + da
         return self._a[k]
@@ -358,22 +373,22 @@ class NudgedPhase:
             return d
         if self.net.layers[k - 1].activation == "identity":
             return -da if d is None else d - da
-        return self._fx.relu_error(d, self._pre(k), self.free.h[k])
+        return self._fx.relu_error(d, self.free.a[k], da)
 
     def drive(self, k: int) -> Opt:
         """``g_k = f_k'(a_k) ⊙ ε_k`` unpooled to the conv output's shape (None when zero)."""
         d, da = self.d[k], self.da(k)
         if d is None and da is None:
             return None
-        layer = self.net.layers[k - 1]
+        layer, free = self.net.layers[k - 1], self.free
         if layer.activation == "identity":
             g = self.error(k)
         elif da is None:
-            g = d * (self.free.a[k] > 0)
+            g = d * (free.a[k] > 0)
         else:
-            g = self._fx.relu_drive(d, self._pre(k), self.free.h[k])
+            g = self._fx.relu_drive(d, free.a[k], da)
         if layer.pool:
-            g = F.max_unpool2d(g, self._idx[k], 2, 2, output_size=self.free.z[k].shape[-2:])
+            g = F.max_unpool2d(g, self._idx[k], 2, 2, output_size=free.zc[k].shape[-2:])
         return g
 
     # -- one update ----------------------------------------------------------------------------
@@ -385,9 +400,10 @@ class NudgedPhase:
             return -nudge if da is None else da - nudge
         g = self.drive(k + 1)
         delta = None if g is None else self.ops[k].transpose(g, free.h[k].shape)
-        if delta is None and self.da(k) is None:
+        da = self.da(k)
+        if delta is None and da is None:
             return None
-        return self._fx.relu_update(self._pre(k), delta, free.h[k], self.update == "pgd")
+        return self._fx.relu_update(free.a[k], free.h[k], da, delta, self.update == "pgd")
 
     def step(self, measure: bool = True) -> Opt:
         """One iteration (both half-sweeps for ``async``).
