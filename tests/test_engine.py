@@ -1,0 +1,370 @@
+"""Oracle tests of the PCN/EP engine (float64, CPU). Each test names its oracle."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from workbench import energy, ep, models
+from workbench.equilibrate import NudgedPhase, Precision, _LayerOps, free_phase
+
+F64 = torch.float64
+
+# Small versions of each architecture: same layer maps, fewer channels.
+SMALL = {
+    "mlp": dict(kw=dict(widths=(24, 16)), size=8, ch=1),
+    "vgg5": dict(kw=dict(channels=(4, 6, 8, 8, 8)), size=32, ch=1),
+    "vgg10": dict(kw=dict(channels=(4, 4, 6, 6, 8, 8, 8, 8), dense=16), size=32, ch=3),
+}
+
+
+def small(name, seed=0, batch=4, classes=5):
+    torch.manual_seed(seed)
+    spec = SMALL[name]
+    net = models.build(name, num_classes=classes, in_channels=spec["ch"], image_size=spec["size"],
+                       **spec["kw"]).to(F64)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand((batch, spec["ch"], spec["size"], spec["size"]), generator=g, dtype=F64)
+    y = torch.randint(0, classes, (batch,), generator=g)
+    return net, x, y
+
+
+def converged_phase(net, x, y, beta, cost="ce", update="mod_pgd", order="async", iters=300):
+    """A nudged phase run to its fixed point (float64)."""
+    prec = Precision.make("strict", F64, x.device)
+    ops = [_LayerOps(layer, prec) for layer in net.layers]
+    free = free_phase(net, x, ops, prec)
+    b = torch.full((x.shape[0], 1), beta, dtype=F64)
+    phase = NudgedPhase(net, free, ops, y, b, cost, update, order)
+    tr = phase.run(iters, tol=1e-14)
+    assert tr.iterations < iters, "the nudged phase did not converge"
+    return phase, free
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mlp", "vgg5", "vgg10"])
+def test_free_phase_is_forward_pass_with_zero_energy(name):
+    """Oracle: the free phase is the ordinary forward pass, where every ε_k = 0 so E = 0."""
+    net, x, y = small(name)
+    states = net.free_states(x)
+    assert torch.equal(states[-1], net(x))
+    assert torch.count_nonzero(energy.layer_energies(net, states)) == 0
+    est = ep.estimate(net, x, y, scheme="forward", beta=0.1, iterations=3)
+    assert torch.allclose(est.logits, net(x), rtol=0, atol=1e-12)
+    ph = est.trace.phases[0]
+    assert torch.count_nonzero(ph.energy[0]) == 0
+    free_cost = float(energy.cost("ce", net(x), y).mean().detach())
+    assert est.trace.free_cost == pytest.approx(free_cost)
+    assert ph.cost[0] == pytest.approx(est.trace.free_cost)
+
+
+@pytest.mark.parametrize("name", ["mlp", "vgg5"])
+@pytest.mark.parametrize("scheme", ep.SCHEMES)
+@pytest.mark.parametrize("cost", ["ce", "mse"])
+def test_every_scheme_tends_to_backprop(name, scheme, cost):
+    """Oracle: autograd backprop of the batch-mean cost; EP → BP as β → 0 (cos ≥ 0.9999 at 1e-4).
+
+    Precondition, asserted: every nudged phase converged. (A nudge can flip a max-pool choice
+    whose two candidates differ by less than O(β); the phase then cycles and EP cannot match BP.
+    Seed 0's batch does that for vgg5 at β = 1e-4; seed 2's does not.)"""
+    net, x, y = small(name, seed=2)
+    bp, _, _ = ep.bp_gradients(net, x, y, cost)
+    est = ep.estimate(net, x, y, scheme=scheme, beta=1e-4, iterations=40, cost=cost,
+                      generator=torch.Generator().manual_seed(0), accumulate=False)
+    for phase in est.trace.phases:
+        assert float(phase.state_change[-1].max()) < 1e-12, "nudged phase did not converge"
+    for row in ep.compare(net, est.grads, bp):
+        assert row["cosine"] >= 0.9999, row
+        assert row["rel_error"] < 2e-3, row
+
+
+def _same_masks(net, phase, free):
+    """No ReLU and no max-pool choice differs between the free and the nudged state: the same
+    pre-activations are positive, the same units are on, the same pooling winners."""
+    for k in range(1, len(net.layers)):          # the output layer is linear: no mask
+        if not torch.equal(phase._pre(k) > 0, free.a[k] > 0):
+            return False
+        if not torch.equal(phase.state(k) > 0, free.h[k] > 0):
+            return False
+        if net.layers[k - 1].pool:
+            phase.da(k)
+            if not torch.equal(phase._idx[k], free.idx[k]):
+                return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["mlp", "vgg5"])
+def test_bias_order_one_sided_linear_centered_quadratic(name):
+    """Oracle: Taylor expansion in β. One-sided EP error ∝ β, centered ∝ β² (log–log slope),
+    at β small enough that no ReLU or pooling choice changes between free and nudged states
+    (asserted: with a random batch, a few units sit within 1e-3·β of a ReLU or pooling switch)."""
+    net, x, y = small(name, seed=4, batch=2)
+    bp, _, _ = ep.bp_gradients(net, x, y, "ce")
+    betas = [2e-4, 1e-4, 5e-5, 2.5e-5]
+    for b in betas:
+        for sign in (1.0, -1.0):
+            phase, free = converged_phase(net, x, y, sign * b)
+            assert _same_masks(net, phase, free), f"a unit changed sign at beta={sign * b}"
+
+    def err(scheme, b):
+        est = ep.estimate(net, x, y, scheme=scheme, beta=b, iterations=300, tol=1e-14,
+                          accumulate=False)
+        g = torch.cat([est.grads[n].flatten() for n in bp])
+        r = torch.cat([bp[n].flatten() for n in bp])
+        return float((g - r).norm() / r.norm())
+
+    lb = [math.log(b) for b in betas]
+
+    def slope(errs):
+        le = [math.log(e) for e in errs]
+        mb, me = sum(lb) / len(lb), sum(le) / len(le)
+        return sum((a - mb) * (c - me) for a, c in zip(lb, le)) / sum((a - mb) ** 2 for a in lb)
+
+    assert slope([err("forward", b) for b in betas]) == pytest.approx(1.0, abs=0.1)
+    assert slope([err("backward", b) for b in betas]) == pytest.approx(1.0, abs=0.1)
+    assert slope([err("centered", b) for b in betas]) == pytest.approx(2.0, abs=0.1)
+
+
+@pytest.mark.parametrize("name,cost,seed,beta,update", [
+    ("mlp", "mse", 3, 0.05, "mod_pgd"), ("mlp", "ce", 3, 0.05, "pgd"),
+    ("vgg5", "ce", 4, 2.5e-4, "mod_pgd"), ("vgg10", "ce", 4, 0.05, "mod_pgd")])
+def test_converged_phase_satisfies_fixed_point_equations(name, cost, seed, beta, update):
+    """Oracle: METHOD.md §2's fixed-point equations, with Δ_k = ε_k − ∂F/∂h_k taken by autograd
+    of the plainly written F = E + β·C (workbench.energy), not by the engine's own VJPs.
+
+    (Batches and β are chosen where the phase converges: at β = 0.05 the small vgg5 falls into a
+    limit cycle for every seed tried, a max-pool or ReLU choice flipping back and forth; plain
+    PGD, which can switch a unit with a < 0 on, cycles on the conv nets too.)"""
+    net, x, y = small(name, seed=seed)
+    phase, _ = converged_phase(net, x, y, beta, cost=cost, update=update)
+    L = len(net.layers)
+    states = [x] + [phase.state(k).clone().requires_grad_(k > 0) for k in range(1, L + 1)]
+    Ftot = energy.total_energy(net, states, y, beta, cost).sum()
+    grads = torch.autograd.grad(Ftot, states[1:])
+    with torch.no_grad():
+        for k in range(1, L):
+            layer, h_prev, h = net.layers[k - 1], states[k - 1], states[k]
+            eps = h - layer(h_prev)
+            delta = eps - grads[k - 1]
+            base = layer.pre(h_prev) if update == "mod_pgd" else layer(h_prev)
+            assert torch.allclose(h, torch.relu(base + delta), atol=1e-10), f"layer {k}"
+        a_out = net.layers[-1].pre(states[L - 1])
+        target = a_out - beta * energy.cost_grad(cost, states[L], y)
+        assert torch.allclose(states[L], target, atol=1e-10)
+        # and the states are a critical point of F restricted to the active units
+        assert float(grads[-1].abs().max()) < 1e-10
+
+
+def test_two_layer_closed_form():
+    """Oracle: hand-derived fixed point of a 1-hidden-layer PCN with MSE cost.
+
+    With m = 1[a₁ > 0] (unchanged by a small nudge), the fixed point of mod-PGD is
+    ε₂ = −β (I(1+β) + β W₂ diag(m) W₂ᵀ)⁻¹ (h₂⁰ − t),  ε₁ = m ⊙ W₂ᵀ ε₂, and the forward-EP
+    estimate is  ∇W₂ = −(1/β) mean_n ε₂ h₁ᵀ,  ∇W₁ = −(1/β) mean_n (m ⊙ ε₁) xᵀ  (biases likewise),
+    with h₁ = h₁⁰ + ε₁ (the hidden deviation equals its error for active units)."""
+    torch.manual_seed(7)
+    net = models.build("mlp", num_classes=3, in_channels=1, image_size=2, widths=(5,)).to(F64)
+    x = torch.rand(4, 1, 2, 2, dtype=F64)
+    y = torch.tensor([0, 2, 1, 2])
+    beta = 0.05
+    W1, b1 = net.layers[0].weight, net.layers[0].bias
+    W2 = net.layers[1].weight
+    with torch.no_grad():
+        xf = x.flatten(1)
+        a1 = xf @ W1.T + b1
+        m = (a1 > 0).to(F64)
+        h1_0 = torch.relu(a1)
+        h2_0 = net(x)
+        t = torch.nn.functional.one_hot(y, 3).to(F64)
+        gW1, gb1, gW2, gb2 = (torch.zeros_like(p) for p in (W1, b1, W2, net.layers[1].bias))
+        for n in range(4):
+            A = (1 + beta) * torch.eye(3, dtype=F64) + beta * W2 @ torch.diag(m[n]) @ W2.T
+            e2 = -beta * torch.linalg.solve(A, h2_0[n] - t[n])
+            e1 = m[n] * (W2.T @ e2)
+            # precondition of the derivation: the nudge turns no unit on or off
+            assert torch.equal(a1[n] + W2.T @ e2 > 0, a1[n] > 0)
+            h1 = h1_0[n] + e1
+            gW2 += -torch.outer(e2, h1) / (beta * 4)
+            gb2 += -e2 / (beta * 4)
+            gW1 += -torch.outer(m[n] * e1, xf[n]) / (beta * 4)
+            gb1 += -(m[n] * e1) / (beta * 4)
+    est = ep.estimate(net, x, y, scheme="forward", beta=beta, iterations=200, tol=1e-15,
+                      cost="mse", accumulate=False)
+    for name, want in [("layers.0.weight", gW1), ("layers.0.bias", gb1),
+                       ("layers.1.weight", gW2), ("layers.1.bias", gb2)]:
+        assert torch.allclose(est.grads[name], want, atol=1e-10, rtol=1e-8), name
+    # a finite β makes this differ from backprop: the test would catch a BP-shaped shortcut
+    bp, _, _ = ep.bp_gradients(net, x, y, "mse")
+    assert not torch.allclose(bp["layers.1.weight"], gW2, atol=1e-4)
+
+
+def test_centered_is_mean_of_forward_and_backward():
+    """Oracle: the definition, centered = ½ (forward + backward) at the same β and K."""
+    net, x, y = small("vgg5")
+    kw = dict(beta=0.02, iterations=5, accumulate=False)
+    f = ep.estimate(net, x, y, scheme="forward", **kw).grads
+    b = ep.estimate(net, x, y, scheme="backward", **kw).grads
+    c = ep.estimate(net, x, y, scheme="centered", **kw).grads
+    for n in c:
+        assert torch.allclose(c[n], 0.5 * (f[n] + b[n]), atol=1e-12), n
+
+
+def test_random_scheme_signs_and_seeds():
+    """Oracle: random with all-+ signs == forward, all-− == backward; same seed, same draw."""
+    net, x, y = small("mlp", batch=16)
+    kw = dict(scheme="random", beta=0.05, iterations=4, accumulate=False)
+    fwd = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=4, accumulate=False)
+    plus = ep.estimate(net, x, y, signs=torch.ones(16, dtype=F64), **kw)
+    for n in fwd.grads:
+        assert torch.allclose(plus.grads[n], fwd.grads[n], atol=1e-14)
+    a = ep.estimate(net, x, y, generator=torch.Generator().manual_seed(5), **kw)
+    b = ep.estimate(net, x, y, generator=torch.Generator().manual_seed(5), **kw)
+    for n in a.grads:
+        assert torch.equal(a.grads[n], b.grads[n])
+    s = a.trace.phases[0].signs
+    assert set(s.tolist()) == {-1.0, 1.0}
+    batch = ep.estimate(net, x, y, signs="batch", generator=torch.Generator().manual_seed(1), **kw)
+    assert len(set(batch.trace.phases[0].signs.tolist())) == 1
+
+
+def test_same_seed_same_model_and_estimate():
+    """Oracle: determinism — the same seed builds the same model and gives the same estimate."""
+    n1, x1, y1 = small("vgg5", seed=11)
+    n2, x2, y2 = small("vgg5", seed=11)
+    for (_, p), (_, q) in zip(n1.named_parameters(), n2.named_parameters()):
+        assert torch.equal(p, q)
+    e1 = ep.estimate(n1, x1, y1, scheme="centered", beta=0.05, iterations=5)
+    e2 = ep.estimate(n2, x2, y2, scheme="centered", beta=0.05, iterations=5)
+    for n in e1.grads:
+        assert torch.equal(e1.grads[n], e2.grads[n])
+
+
+def test_estimate_writes_grad_and_leaves_params_and_inputs():
+    """Oracle: loss.backward() semantics — .grad holds (accumulates) the estimate; parameters
+    and inputs are untouched."""
+    net, x, y = small("mlp")
+    params = {n: p.detach().clone() for n, p in net.named_parameters()}
+    x0, y0 = x.clone(), y.clone()
+    est = ep.estimate(net, x, y, scheme="centered", beta=0.01, iterations=5)
+    for n, p in net.named_parameters():
+        assert torch.equal(p.grad, est.grads[n])
+        assert torch.equal(p, params[n])
+    ep.estimate(net, x, y, scheme="centered", beta=0.01, iterations=5)
+    for n, p in net.named_parameters():
+        assert torch.allclose(p.grad, 2 * est.grads[n])
+    ep.estimate(net, x, y, scheme="centered", beta=0.01, iterations=5, accumulate=False)
+    for n, p in net.named_parameters():
+        assert torch.equal(p.grad, est.grads[n])
+    assert torch.equal(x, x0) and torch.equal(y, y0)
+    # the BP reference through the same interface equals autograd's backward()
+    net.zero_grad(set_to_none=True)
+    ep.estimate(net, x, y, scheme="bp", cost="mse")
+    ref = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad(set_to_none=True)
+    energy.cost("mse", net(x), y).mean().backward()
+    for n, p in net.named_parameters():
+        assert torch.allclose(p.grad, ref[n], atol=1e-14)
+
+
+def test_trace_shapes_and_tolerance():
+    """Oracle: trace bookkeeping (K+1 energy rows, K change rows, F = E + β·C per row); a
+    tolerance stops the phase once no state moves more than it; trace=False keeps the last row."""
+    net, x, y = small("mlp")
+    est = ep.estimate(net, x, y, scheme="centered", beta=0.05, iterations=7)
+    L = len(net.layers)
+    assert len(est.trace.phases) == 2
+    for ph in est.trace.phases:
+        assert ph.energy.shape == (8, L) and ph.state_change.shape == (7, L)
+        assert ph.cost.shape == (8,) and ph.total.shape == (8,) and ph.iterations == 7
+        assert torch.allclose(ph.total, ph.energy.sum(1) + ph.beta * ph.cost, atol=1e-12)
+    assert est.trace.phases[0].beta == 0.05 and est.trace.phases[1].beta == -0.05
+    early = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=500, tol=1e-12)
+    assert early.trace.phases[0].iterations < 500
+    assert float(early.trace.phases[0].state_change[-1].max()) < 1e-12
+    assert float(early.trace.phases[0].state_change[-2].max()) >= 1e-12
+    quiet = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=7, trace=False)
+    assert quiet.trace.phases[0].energy.shape == (1, L)
+    assert torch.allclose(quiet.trace.phases[0].energy[-1], est.trace.phases[0].energy[-1])
+
+
+def test_sync_order_moves_one_layer_per_iteration():
+    """Oracle: METHOD.md §2 — sync updates every layer from the old states, so the nudge moves
+    down one layer per iteration (async: two), and it differs from async."""
+    net, x, y = small("vgg10")
+    sync = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=3, order="sync")
+    reached = [int((row > 0).nonzero().min()) + 1 for row in sync.trace.phases[0].state_change]
+    assert reached == [10, 9, 8]
+    asyn = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=3)
+    assert not torch.equal(sync.grads["layers.7.weight"], asyn.grads["layers.7.weight"])
+
+
+def test_async_order_reaches_output_first_then_one_layer_per_half_sweep():
+    """Oracle: METHOD.md §2 — signals travel 2 layers per async iteration, from the output."""
+    net, x, y = small("vgg10")
+    est = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=2)
+    ch = est.trace.phases[0].state_change          # (K, L), L = 10
+    reached = [int((row > 0).nonzero().min()) + 1 for row in ch]
+    assert reached == [9, 7]                       # iteration 1: layers 10, 9; iteration 2: 8, 7
+
+
+def test_vgg10_parameter_count():
+    """Oracle: METHOD.md §4 — vgg10 at 224×224 with 1000 classes has ≈ 62M parameters."""
+    net = models.build("vgg10", num_classes=1000, in_channels=3, image_size=224)
+    count = sum(p.numel() for p in net.parameters())
+    print(f"vgg10 parameters at 224x224, 1000 classes: {count:,}")
+    assert 61_000_000 < count < 63_500_000
+    assert [layer.kind for layer in net.layers] == ["conv"] * 8 + ["dense"] * 2
+    assert [layer.pool for layer in net.layers[:8]] == [True, True, False, True, False, True,
+                                                        False, True]
+    assert net.layers[0].weight.abs().max() <= math.sqrt(1 / (64 * 9)) + 1e-7  # fan_out bound
+    assert net.layers[8].weight.abs().max() <= math.sqrt(1 / 25088) + 1e-7     # fan_in bound
+
+
+def test_vgg5_architecture():
+    """Oracle: METHOD.md §4 — conv 128 | 256,pool | 512,pool | 512,pool | 512,pool | dense."""
+    net = models.build("vgg5", num_classes=10, in_channels=1, image_size=32)
+    assert [tuple(l.weight.shape[:2]) for l in net.layers] == [
+        (128, 1), (256, 128), (512, 256), (512, 512), (512, 512), (10, 2048)]
+    assert [l.pool for l in net.layers] == [False, True, True, True, True, False]
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(scheme="sideways"), "accepted: forward, backward, centered, random, bp"),
+    (dict(cost="hinge"), "accepted: ce, mse"),
+    (dict(update="newton"), "accepted: mod_pgd, pgd"),
+    (dict(order="random"), "accepted: async, sync"),
+    (dict(beta=0.0), "beta must be > 0"),
+    (dict(beta=-0.1), "beta must be > 0"),
+    (dict(beta=float("nan")), "finite"),
+    (dict(iterations=0), "iterations must be an integer >= 1"),
+    (dict(iterations=2.5), "iterations must be an integer >= 1"),
+    (dict(signs="layer", scheme="random"), "accepted: example, batch"),
+    (dict(precision="fp8"), "accepted: strict, fast"),
+])
+def test_api_errors_name_what_is_accepted(kwargs, needle):
+    """Oracle: the API contract — bad arguments raise ValueError naming the accepted values."""
+    net, x, y = small("mlp")
+    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+        ep.estimate(net, x, y, **{**dict(scheme="centered", beta=0.1, iterations=2), **kwargs})
+
+
+def test_api_errors_for_inputs_and_models():
+    """Oracle: the API contract — inputs/labels that do not fit the model, unknown models."""
+    net, x, y = small("vgg5")
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 32, 32\)"):
+        ep.estimate(net, x[:, :, :16], y)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+        ep.estimate(net, x, y + 10)
+    with pytest.raises(ValueError, match="integer class indices"):
+        ep.estimate(net, x, y.double())
+    with pytest.raises(ValueError, match=r"y must have shape \(N,\)"):
+        ep.estimate(net, x, y[:2])
+    with pytest.raises(ValueError, match="available: mlp, vgg10, vgg5"):
+        models.build("resnet50")
+    with pytest.raises(ValueError, match="overrides accepted"):
+        models.build("vgg5", num_classes=10, in_channels=1, image_size=32, widths=(3,))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        models.build("vgg5", num_classes=10, in_channels=1, image_size=28)
