@@ -132,12 +132,22 @@ class RunFolder:
 
 def hardware(device: torch.device, world: int) -> dict:
     """What ran the job: device, its name, CPU count, processes, torch and python versions."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "processes": world,
             "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform()}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def git_commit() -> str:
