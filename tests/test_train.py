@@ -182,7 +182,7 @@ def test_cli_resume_takes_the_saved_flags(tmp_path):
 def test_in_process_crash_then_resume_is_exact(tmp_path, tiny_cifar10):
     """oracle: resume == uninterrupted run (parameters bit for bit, metrics lines equal but for
     timings), here with CIFAR augmentation, the random scheme and a crash after metrics lines
-    that the last checkpoint does not cover."""
+    that the last checkpoint does not cover; resuming a finished run changes nothing."""
     root, _ = tiny_cifar10
     kw = dict(dataset="cifar10", data_root=str(root), image_size=None, download=False,
               scheme="random", batch_size=16, limit_train=None, limit_test=None,
@@ -201,6 +201,9 @@ def test_in_process_crash_then_resume_is_exact(tmp_path, tiny_cifar10):
     assert untimed(rows(b)) == untimed(rows(a))
     pa, pb = final_params(a), final_params(b)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    done = (b / "metrics.jsonl").read_bytes()
+    assert run(tiny(tmp_path / "b", resume=True, **kw))["steps"] == 2 * 7
+    assert (b / "metrics.jsonl").read_bytes() == done
 
 
 def test_non_finite_stops_and_keeps_the_last_good_checkpoint(tmp_path):
