@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["RunFolder", "config_diff", "atomic_write", "hardware", "git_commit"]
+__all__ = ["RunFolder", "config_diff", "atomic_write", "hardware", "cpu_name", "git_commit"]
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", \
     "checkpoint.pt"
@@ -132,14 +132,14 @@ class RunFolder:
 
 def hardware(device: torch.device, world: int) -> dict:
     """What ran the job: device, its name, CPU count, processes, torch and python versions."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "processes": world,
             "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform()}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
