@@ -29,9 +29,15 @@ run: install
 	@mkdir -p runs/notebooks
 	$(PAPERMILL) notebooks/03_train.ipynb runs/notebooks/03_train-$$(date +%Y%m%d-%H%M%S).ipynb
 
+# nbdime's git drivers for *.ipynb in this clone (.git/config, .gitattributes), called by
+# absolute path so that they work without activating the venv.
+NBDIME_BIN := $(CURDIR)/$(VENV)/bin
 nbdime: install
 	$(VENV)/bin/nbdime config-git --enable
-	@echo "git diff / git merge now use nbdime for *.ipynb in this clone; nbdiff-web A B compares two"
+	git config diff.jupyternotebook.command "$(NBDIME_BIN)/git-nbdiffdriver diff"
+	git config merge.jupyternotebook.driver "$(NBDIME_BIN)/git-nbmergedriver merge %O %A %B %L %P"
+	git config difftool.nbdime.cmd '$(NBDIME_BIN)/git-nbdifftool diff "$$LOCAL" "$$REMOTE" "$$BASE"'
+	git config mergetool.nbdime.cmd '$(NBDIME_BIN)/git-nbmergetool merge "$$BASE" "$$LOCAL" "$$REMOTE" "$$MERGED"'
 
 strip-notebooks: install
 	$(VENV)/bin/nbstripout $(NOTEBOOKS)

@@ -46,14 +46,19 @@ PHASE_DASH = ("solid", "dash")
 # ---------------------------------------------------------------------------------------------
 def default_models(num_classes: int = 10, in_channels: int = 1,
                    image_size: int = 28) -> dict:
-    """Three small randomly initialised models that equilibrate on a CPU in milliseconds."""
-    torch.manual_seed(0)
-    return {
-        "mlp 128-64": models.build("mlp", num_classes, in_channels, image_size, widths=(128, 64)),
-        "mlp 6×64": models.build("mlp", num_classes, in_channels, image_size, widths=(64,) * 6),
-        "vgg5 tiny": models.build("vgg5", num_classes, in_channels, 32,
-                                    channels=(4, 8, 8, 8, 8)),
-    }
+    """Three small randomly initialised models (seed 0) that equilibrate on a CPU in
+    milliseconds. The vgg5 takes the next multiple of 16 ≥ 32: :func:`fit_input` pads to it."""
+    padded = max(32, -(-image_size // 16) * 16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return {
+            "mlp 128-64": models.build("mlp", num_classes, in_channels, image_size,
+                                       widths=(128, 64)),
+            "mlp 6×64": models.build("mlp", num_classes, in_channels, image_size,
+                                     widths=(64,) * 6),
+            "vgg5 tiny": models.build("vgg5", num_classes, in_channels, padded,
+                                      channels=(4, 8, 8, 8, 8)),
+        }
 
 
 def synthetic_data(n: int = 64, in_channels: int = 1, image_size: int = 28,
@@ -144,14 +149,15 @@ class Lab:
 
     def __init__(self, models=None, data=None, batch_size: int = 16, cost: str = "ce",
                  dtype: torch.dtype = torch.float64, seed: int = 0):
+        self.x, self.y = synthetic_data() if data is None else data
         if models is None:
-            models = default_models()
+            models = default_models(max(10, int(self.y.max()) + 1), self.x.shape[1],
+                                    self.x.shape[-1])
         elif isinstance(models, torch.nn.Module):
             models = {getattr(models, "name", "model"): models}
         if not models:
             raise ValueError("models must be a PCN or a non-empty dict name -> PCN")
         self.models = {name: copy.deepcopy(net).to(dtype) for name, net in models.items()}
-        self.x, self.y = synthetic_data() if data is None else data
         if self.x.shape[0] != self.y.shape[0] or self.x.shape[0] < 1:
             raise ValueError(f"data must be (x, y) with the same number (>= 1) of examples, got "
                              f"{tuple(self.x.shape)} and {tuple(self.y.shape)}")

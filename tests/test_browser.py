@@ -1,0 +1,129 @@
+"""A real browser: JupyterLab on loopback, Debian's chromium driven by Playwright, notebook 01.
+
+Runs every cell, drags the β slider of the EnergyExplorer, and checks that the plot in the page
+changed. A screenshot is saved to ``runs/browser/`` (ignored by git). Skipped only where
+``/usr/bin/chromium`` is absent (``.ci/run`` installs it).
+"""
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import papermill
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = "01_equilibration_dynamics.ipynb"
+SCREENSHOTS = REPO / "runs" / "browser"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
+
+# y values of every trace of every plotly graph in the page
+PLOT_DATA = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+                         .map(g => (g.data || []).map(t => Array.from(t.y || [])))"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab serving a copy of notebook 01 (small parameters injected by papermill, not
+    executed) on 127.0.0.1 with a token; the whole server process group is stopped afterwards."""
+    work = tmp_path / "lab"
+    work.mkdir()
+    papermill.execute_notebook(str(REPO / "notebooks" / NOTEBOOK), str(work / NOTEBOOK),
+                               parameters={"pool": 32, "batch_size": 8}, prepare_only=True,
+                               progress_bar=False)
+    config, settings = tmp_path / "config", tmp_path / "settings"
+    (config / "labconfig").mkdir(parents=True)
+    (config / "labconfig" / "page_config.json").write_text(json.dumps(
+        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))   # no kernel dialog
+    port, token = free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_PATH=str(Path(sys.prefix, "share", "jupyter")),
+               JUPYTER_CONFIG_DIR=str(config), JUPYTERLAB_SETTINGS_DIR=str(settings),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               OMP_NUM_THREADS="1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"],
+        cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "wb"),
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n"
+                                       + (tmp_path / "lab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield f"{url}/lab/tree/{NOTEBOOK}?token={token}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
+    """oracle: the plotly graphs in the page before and after a drag of the β slider — the
+    readout shows a new β and the energy plot's data change (the kernel recomputed and the
+    widget synchronised through JupyterLab's widget manager)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(120_000)
+            page.goto(lab)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.locator("[data-command='runmenu:run-all']").click()
+            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3"
+                                   " && document.querySelector('.js-plotly-plot').data"
+                                   " && document.querySelector('.js-plotly-plot').data.length >= 6")
+            before = page.evaluate(PLOT_DATA)
+            slider = page.locator(".widget-hslider").filter(has=page.locator("label", has_text="β"))
+            readout = slider.locator(".widget-readout")
+            start = readout.inner_text()
+            handle = slider.locator(".noUi-handle")
+            handle.scroll_into_view_if_needed()
+            box = handle.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move(x - 60, y, steps=10)
+            page.mouse.up()
+            page.wait_for_function(f"() => JSON.stringify(({PLOT_DATA})()[0]) !== "
+                                   f"{json.dumps(json.dumps(before[0]))}")
+            after, end = page.evaluate(PLOT_DATA), readout.inner_text()
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "01_equilibration_dynamics.png"),
+                            full_page=True)
+        finally:
+            browser.close()
+    assert float(start) == pytest.approx(0.05) and float(end) < float(start)
+    assert len(after[0]) == 6 and after[0] != before[0]   # F, E, C of both phases, redrawn
