@@ -16,7 +16,7 @@ Deviation form: the engine carries ``d_k = h_k − h_k⁰`` (``h⁰`` the free s
 ``h_k``. Convolutions and dense maps are linear, so ``W(h⁰ + d) = z⁰ + W d``. Pooling is taken
 over ``(z⁰ − a⁰ spread over each window) + W d``, whose maximum is the pre-activation deviation
 ``δa`` itself (exactly ``W d`` where the free choice stands), and ReLU differences are taken as
-``relu(c + s) − relu(c) = where(c > 0, max(s, −c), relu(c + s))``, so that
+``relu(c + s) − relu(c) = max(s, −c) + min(c, 0)``, so that
 ``ε_k = d_k − (relu(a⁰_k + δa_k) − h⁰_k)`` and every new deviation are formed from deviations only,
 exactly wherever a unit stays active. In exact arithmetic this *is* the update above; in low
 precision it avoids the cancellation ``h − f(h)`` (both O(1), difference O(β)). It also makes
@@ -260,8 +260,9 @@ class Trace:
 # the elementwise work of one update, as pure functions (eager, or fused by torch.compile)
 # ---------------------------------------------------------------------------------------------
 def _relu_shift(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``relu(c + s) − relu(c)``, exactly ``s`` where ``c`` and ``c + s`` are both positive."""
-    return torch.where(c > 0, torch.maximum(s, -c), torch.relu(c + s))
+    """``relu(c + s) − relu(c) = max(s, −c) + min(c, 0)``: exactly ``s`` where ``c`` and
+    ``c + s`` are both positive, exactly ``−c`` where the unit switches off."""
+    return torch.maximum(s, -c).add_(c.clamp(max=0))
 
 
 def _pool(zc: torch.Tensor, dz: torch.Tensor):
