@@ -2,6 +2,7 @@
 Each test names its oracle."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -100,6 +101,41 @@ def test_registry_builds_imagenet(root):
     """Oracle: the registry contract — ``test`` is the val split, classes give num_classes."""
     ds = data.build("imagenet", "test", data_root=str(root), image_size=32)
     assert ds.split == "val" and data.describe(ds, "imagenet")["num_classes"] == 3
+
+
+def test_dataset_options_reach_the_builder(root):
+    """Oracle: the registry contract — ``options`` are imagenet's keyword options; an unknown
+    one, or any option for a dataset that takes none, is refused naming what is accepted."""
+    ds = data.build("imagenet", "train", data_root=str(root), image_size=32,
+                    options={"decode": "device"})
+    assert ds.decode == "device" and ds.device_transform.wants_host
+    with pytest.raises(ValueError, match="accepted: decode, normalize"):
+        data.build("imagenet", "train", data_root=str(root), image_size=32,
+                   options={"decoder": "gpu"})
+    with pytest.raises(ValueError, match="accepted: none"):
+        data.build("synthetic", "train", image_size=8, options={"decode": "device"})
+
+
+def test_training_with_device_decode_equals_cpu_decode(root, tmp_path):
+    """Oracle: the CPU pipeline — `--data-arg decode=device` (JPEG decoding in the training
+    loop's device step, here on the CPU) trains to exactly the weights of CPU decoding."""
+    from workbench import train
+    from workbench.cli import main
+
+    weights = []
+    for name, extra in (("cpu", []), ("device", ["--data-arg", "decode=device"])):
+        argv = ["train", "--dataset", "imagenet", "--data-root", str(root), "--model", "vgg10",
+                "--model-arg", "channels=[4,4,4,4,4,4,4,4]", "--model-arg", "dense=8",
+                "--image-size", "32", "--algorithm", "bp", "--epochs", "1", "--batch-size",
+                "4", "--device", "cpu", "--progress", "none", "--probe-every", "0",
+                "--run-dir", str(tmp_path / name), *extra]
+        assert main(argv) == 0
+        ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+        weights.append(ckpt["model"])
+    saved = json.loads((tmp_path / "device" / "config.json").read_text())
+    assert train.TrainConfig.from_dict(saved).data_args == {"decode": "device"}
+    for k in weights[0]:
+        assert torch.allclose(weights[0][k], weights[1][k], atol=1e-6), k
 
 
 def test_missing_and_malformed_folders_are_explained(root, tmp_path, monkeypatch):

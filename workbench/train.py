@@ -84,6 +84,7 @@ class TrainConfig:
     precision: str = "strict"
     eval_batch_size: int = 256
     model_args: dict = field(default_factory=dict)
+    data_args: dict = field(default_factory=dict)
     in_channels: Optional[int] = None
     num_classes: Optional[int] = None
     download: bool = True
@@ -220,7 +221,7 @@ class Trainer:
         self.folder = folder
         size = cfg.image_size or (32 if cfg.model == "vgg5" else None)
         kw = dict(data_root=cfg.data_root, image_size=size, in_channels=cfg.in_channels,
-                  num_classes=cfg.num_classes, download=cfg.download)
+                  num_classes=cfg.num_classes, download=cfg.download, options=cfg.data_args)
         self.train_set = data.build(cfg.dataset, "train", **kw)
         self.test_set = data.build(cfg.dataset, "test", **kw)
         shape = data.describe(self.train_set, cfg.dataset, size)
@@ -256,9 +257,12 @@ class Trainer:
 
     # -- batches -------------------------------------------------------------------------------
     def _to_device(self, dataset, x: torch.Tensor, y: torch.Tensor):
-        x = x.to(self.device, non_blocking=True)
         transform = getattr(dataset, "device_transform", None)
-        x = transform(x) if transform is not None else x.float()
+        if getattr(transform, "wants_host", False):      # e.g. GPU JPEG decode reads host bytes
+            x = transform(x, device=self.device)
+        else:
+            x = x.to(self.device, non_blocking=True)
+            x = transform(x) if transform is not None else x.float()
         return x, y.to(self.device, non_blocking=True)
 
     def _signs(self, n: int) -> torch.Tensor:
@@ -504,12 +508,14 @@ HELP = {
     "every N steps (0: never)", "probe_size": "images in the fixed probe batch",
     "precision": "strict (fp32, TF32 off) or fast (bf16 convs)",
     "model_args": "model override NAME=VALUE (JSON value), e.g. widths=[256,256]; repeatable",
+    "data_args": "dataset option NAME=VALUE, e.g. decode=device (imagenet: JPEG decode on the "
+                 "GPU); repeatable",
     "in_channels": "channels of the synthetic dataset", "num_classes": "classes of synthetic",
     "download": "let torchvision download MNIST / Fashion-MNIST / CIFAR when missing",
 }
 
 
-def _model_arg(text: str) -> tuple:
+def _name_value(text: str) -> tuple:
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
@@ -531,9 +537,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         text = f"{HELP.get(f.name, '')} (default: {default})".strip()
-        if f.name == "model_args":
-            p.add_argument("--model-arg", dest="model_args", action="append", type=_model_arg,
-                           default=argparse.SUPPRESS, metavar="NAME=VALUE", help=HELP[f.name])
+        if f.name in ("model_args", "data_args"):
+            p.add_argument(f"--{f.name[:-1].replace('_', '-')}", dest=f.name, action="append",
+                           type=_name_value, default=argparse.SUPPRESS, metavar="NAME=VALUE",
+                           help=HELP[f.name])
         elif f.name == "resume":
             p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
         elif hints[f.name] is bool:
@@ -549,8 +556,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The flags given, over the saved config (``--resume``) or the defaults."""
     given = {k: v for k, v in vars(args).items() if k != "command"}
-    if "model_args" in given:
-        given["model_args"] = dict(given["model_args"])
+    for name in ("model_args", "data_args"):
+        if name in given:
+            given[name] = dict(given[name])
     base = TrainConfig().to_dict()
     saved = Path(given.get("run_dir") or "") / "config.json"
     if given.get("resume") and saved.is_file():

@@ -26,6 +26,7 @@ normalisation; random crop + horizontal flip for the CIFAR and ImageNet training
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Optional
 
 from torch.utils.data import Dataset
@@ -64,12 +65,15 @@ def _check(name: str) -> None:
 
 def build(name: str, split: str = "train", *, data_root: Optional[str] = None,
           image_size: Optional[int] = None, in_channels: Optional[int] = None,
-          num_classes: Optional[int] = None, download: bool = True) -> Dataset:
+          num_classes: Optional[int] = None, download: bool = True,
+          options: Optional[dict] = None) -> Dataset:
     """The ``split`` of dataset ``name``.
 
     ``image_size``: None for the stored size; 32 pads 28×28 data; ``imagenet`` resizes to it and
     ``synthetic`` generates it. ``in_channels`` / ``num_classes`` shape ``synthetic`` only.
     ``download``: let torchvision fetch MNIST, Fashion-MNIST and CIFAR when they are not found.
+    ``options``: the dataset's own keyword options (``imagenet``: ``decode`` cpu|device,
+    ``normalize`` device|worker); other datasets take none.
     """
     _check(name)
     if split not in SPLITS:
@@ -79,8 +83,17 @@ def build(name: str, split: str = "train", *, data_root: Optional[str] = None,
                          f"{name!r} has {native(name)[1]} channels, {native(name)[0]} classes")
     module, fn, _, downloadable = DATASETS[name]
     builder = getattr(importlib.import_module(f"{__name__}.{module}"), fn)
+    options = dict(options or {})
+    if options:
+        accepted = ([p.name for p in inspect.signature(builder).parameters.values()
+                     if p.kind == p.KEYWORD_ONLY] if name == "imagenet" else [])
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise ValueError(f"dataset {name!r} takes no option {unknown}; accepted: "
+                             f"{', '.join(accepted) or 'none'}")
     if name == "imagenet":
-        return builder(data_root, "val" if split == "test" else "train", image_size or 224)
+        return builder(data_root, "val" if split == "test" else "train", image_size or 224,
+                       **options)
     if name == "synthetic":
         return builder(split, image_size, in_channels=in_channels, num_classes=num_classes)
     if downloadable:

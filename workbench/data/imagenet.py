@@ -87,27 +87,30 @@ class DeviceDecode:
     """``device_transform`` for ``decode="device"``: a uint8 batch ``(N, 8·HEADER + L)`` of
     encoded items → normalised float32 ``(N, 3, S, S)`` on the batch's device.
 
-    ``decode_jpeg`` takes its input on the CPU, so a batch already moved to the GPU is copied
-    back (compressed bytes, ≈ 0.1 MB per image) and decoded there by nvJPEG.
+    ``decode_jpeg`` takes its input on the CPU: a caller that knows this (``wants_host``) passes
+    the batch as the loader made it plus the target ``device``; a batch already moved to the GPU
+    is copied back (compressed bytes, ≈ 0.1 MB per image). nvJPEG decodes on ``device``.
     """
+    wants_host = True
 
     def __init__(self, split: str, image_size: int):
         self.split, self.image_size = split, image_size
         self.normalize = Normalize()
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, device=None) -> torch.Tensor:
+        device = torch.device(device) if device is not None else batch.device
         if batch.dtype != torch.uint8 or batch.dim() != 2 or batch.shape[1] <= 8 * HEADER:
             raise ValueError(f"expected a uint8 batch of encoded images (N, >{8 * HEADER}), "
                              f"got {batch.dtype} {tuple(batch.shape)}")
         host = batch.cpu()
-        if batch.device.type == "cuda":
+        if device.type == "cuda":
             # nvJPEG decodes on a private stream that does not wait for the caller's stream, and
             # may be handed memory that queued kernels still read (pytorch/vision#9606): decode
             # with nothing in flight.
-            torch.cuda.current_stream(batch.device).synchronize()
+            torch.cuda.current_stream(device).synchronize()
         header = host[:, :8 * HEADER].contiguous().view(torch.int64).tolist()
         data = [host[i, 8 * HEADER:8 * HEADER + h[0]] for i, h in enumerate(header)]
-        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=batch.device)
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         s = self.image_size
         out = []
         for img, (_, top, left, height, width, flip) in zip(images, header):
