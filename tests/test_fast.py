@@ -261,3 +261,17 @@ def test_strict_fp32_matches_float64_where_the_nudge_is_still_tiny():
     res = bench.fidelity(net, x, y, ["centered", "random"], betas=(0.005,), iterations=6)
     for scheme, row in res["betas"]["0.005"].items():
         assert min(row["strict"]["cosine"]) >= 0.9999, (scheme, row["strict"]["cosine"])
+
+
+@pytest.mark.slow
+def test_fused_elementwise_equals_eager():
+    """Oracle: the eager engine. `fused=True` compiles the same elementwise functions with
+    torch.compile (here inductor's CPU backend); the estimate agrees with the eager one to
+    float32 rounding, for both update rules."""
+    net, x, y = small("vgg5", dtype=torch.float32)
+    for update in ("mod_pgd", "pgd"):
+        kw = dict(scheme="centered", beta=0.05, iterations=5, update=update, accumulate=False)
+        eager = ep.estimate(net, x, y, **kw).grads
+        fused = ep.estimate(net, x, y, fused=True, **kw).grads
+        for n in eager:
+            assert torch.allclose(fused[n], eager[n], rtol=1e-5, atol=1e-7 * eager[n].abs().max())

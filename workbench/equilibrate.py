@@ -281,14 +281,15 @@ def _relu_drive(d: Opt, a0: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
     return _relu_error(d, a0, da).mul_(da > -a0)
 
 
-def _relu_update(a0: torch.Tensor, h0: torch.Tensor, da: Opt, delta: Opt,
-                 pgd: bool) -> torch.Tensor:
-    """New deviation ``relu(base + Δ) − h⁰``, ``base = a⁰ + δa`` (mod_pgd) or ``relu(a⁰ + δa)``
-    (pgd); ``da`` or ``delta`` None means zero (not both)."""
-    if pgd:
-        df = None if da is None else _relu_shift(a0, da)
-        return _relu_shift(h0, delta if df is None else (df if delta is None else df + delta))
+def _mod_pgd_update(a0: torch.Tensor, da: Opt, delta: Opt) -> torch.Tensor:
+    """New deviation ``relu(a⁰ + δa + Δ) − h⁰`` (None means zero; not both)."""
     return _relu_shift(a0, delta if da is None else (da if delta is None else da + delta))
+
+
+def _pgd_update(a0: torch.Tensor, h0: torch.Tensor, da: Opt, delta: Opt) -> torch.Tensor:
+    """New deviation ``relu(relu(a⁰ + δa) + Δ) − h⁰`` (None means zero; not both)."""
+    df = None if da is None else _relu_shift(a0, da)
+    return _relu_shift(h0, delta if df is None else (df if delta is None else df + delta))
 
 
 @dataclass(frozen=True)
@@ -296,17 +297,21 @@ class _Elementwise:
     pool: Callable
     relu_error: Callable
     relu_drive: Callable
-    relu_update: Callable
+    mod_pgd_update: Callable
+    pgd_update: Callable
 
 
-_EAGER = _Elementwise(_pool, _relu_error, _relu_drive, _relu_update)
+_PIECES = (_pool, _relu_error, _relu_drive, _mod_pgd_update, _pgd_update)
+_EAGER = _Elementwise(*_PIECES)
 
 
 @functools.cache
 def _fused() -> _Elementwise:
-    """The same functions compiled by ``torch.compile`` (one kernel each; compiled lazily)."""
-    return _Elementwise(*(torch.compile(f, fullgraph=True)
-                          for f in (_pool, _relu_error, _relu_drive, _relu_update)))
+    """The same functions compiled by ``torch.compile`` (compiled lazily, symbolic shapes so
+    that every layer shares one kernel per tensor rank). Called only with every tensor
+    argument present: the few calls with a zero (None) deviation stay eager, which keeps each
+    function's compiled variants well under dynamo's recompile limit."""
+    return _Elementwise(*(torch.compile(f, dynamic=True, fullgraph=True) for f in _PIECES))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +347,13 @@ class NudgedPhase:
         self.sweeps = [top, rest] if order == "async" else [list(range(1, self.L + 1))]
 
     # -- cached pieces -------------------------------------------------------------------------
+    def _ew(self, name: str, *args):
+        """The elementwise piece ``name``: fused if asked for and no argument is None (fused
+        pieces get plain aliases, not views, so that no guard depends on a view's base)."""
+        if self._fx is _EAGER or any(a is None for a in args):
+            return getattr(_EAGER, name)(*args)
+        return getattr(self._fx, name)(*(a.detach() for a in args))
+
     def da(self, k: int) -> Opt:
         """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (None when it is zero)."""
         if not self._fresh[k]:
@@ -352,7 +364,7 @@ class NudgedPhase:
             else:
                 dz = self.ops[k - 1].apply(d_in, bias=False)
                 if layer.pool:
-                    self._da[k], self._idx[k] = self._fx.pool(free.zc[k], dz)
+                    self._da[k], self._idx[k] = self._ew("pool", free.zc[k], dz)
                 else:
                     self._da[k] = dz
             self._fresh[k] = True
@@ -374,7 +386,7 @@ class NudgedPhase:
             return d
         if self.net.layers[k - 1].activation == "identity":
             return -da if d is None else d - da
-        return self._fx.relu_error(d, self.free.a[k], da)
+        return self._ew("relu_error", d, self.free.a[k], da)
 
     def drive(self, k: int) -> Opt:
         """``g_k = f_k'(a_k) ⊙ ε_k`` unpooled to the conv output's shape (None when zero)."""
@@ -387,7 +399,7 @@ class NudgedPhase:
         elif da is None:
             g = d * (free.a[k] > 0)
         else:
-            g = self._fx.relu_drive(d, free.a[k], da)
+            g = self._ew("relu_drive", d, free.a[k], da)
         if layer.pool:
             g = F.max_unpool2d(g, self._idx[k], 2, 2, output_size=free.zc[k].shape[-2:])
         return g
@@ -404,7 +416,9 @@ class NudgedPhase:
         da = self.da(k)
         if delta is None and da is None:
             return None
-        return self._fx.relu_update(free.a[k], free.h[k], da, delta, self.update == "pgd")
+        if self.update == "pgd":
+            return self._ew("pgd_update", free.a[k], free.h[k], da, delta)
+        return self._ew("mod_pgd_update", free.a[k], da, delta)
 
     def step(self, measure: bool = True) -> Opt:
         """One iteration (both half-sweeps for ``async``).
