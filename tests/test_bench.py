@@ -89,7 +89,7 @@ def test_speed_harness_order_medians_and_ratio(monkeypatch):
     def timer(fn):
         fn()
         return next(script)
-    monkeypatch.setattr(bench, "_timer", lambda device: timer)
+    monkeypatch.setattr(bench, "_timer", lambda device, cpu_timer: timer)
     x = torch.zeros(4, 1)
     out = bench.speed(None, x, None, ["bp", "centered"], warmup=2, repeats=3)
     assert calls == ["bp", "bp", "centered", "centered"] + ["bp", "centered"] * 3

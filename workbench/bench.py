@@ -35,6 +35,7 @@ from .energy import COSTS
 from .equilibrate import PRECISIONS
 
 MEASURES = ("speed", "fidelity")
+CPU_TIMERS = ("wall", "process")
 DEFAULT_SIZES = {"mlp": 28, "vgg5": 32, "vgg10": 224}
 RULE_SLACK = 0.002
 
@@ -81,8 +82,10 @@ def make_batch(model: str, image_size: int, in_channels: int, num_classes: int,
     return net, x.to(device), y.to(device)
 
 
-def _timer(device: torch.device) -> Callable[[Callable], float]:
-    """Returns ``run(fn) -> ms``: CUDA events on a GPU, ``perf_counter`` elsewhere."""
+def _timer(device: torch.device, cpu_timer: str = "wall") -> Callable[[Callable], float]:
+    """Returns ``run(fn) -> ms``: CUDA events on a GPU; on the CPU ``time.perf_counter``
+    (``wall``) or ``time.process_time`` (``process``: CPU seconds of this process, all threads —
+    steadier than wall time on a machine shared with other jobs)."""
     if device.type == "cuda":
         def run(fn):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -92,10 +95,12 @@ def _timer(device: torch.device) -> Callable[[Callable], float]:
             end.synchronize()
             return start.elapsed_time(end)
     else:
+        clock = time.perf_counter if cpu_timer == "wall" else time.process_time
+
         def run(fn):
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            return (time.perf_counter() - t0) * 1e3
+            return (clock() - t0) * 1e3
     return run
 
 
@@ -112,7 +117,7 @@ def _step(net, x, y, algorithm: str, precision: str, beta: float, iterations: in
 
 def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.05,
           iterations: int = 10, cost: str = "ce", warmup: int = 1, repeats: int = 5,
-          fused: bool = False) -> dict:
+          fused: bool = False, cpu_timer: str = "wall") -> dict:
     """Median ms per step, images/s, EP/BP time and (CUDA) peak memory per algorithm."""
     device = x.device
     cuda = device.type == "cuda"
@@ -120,7 +125,7 @@ def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.0
     for fn in steps.values():
         for _ in range(warmup):
             fn()
-    timer = _timer(device)
+    timer = _timer(device, cpu_timer)
     times = {a: [] for a in algorithms}
     peak = {a: 0 for a in algorithms}
     for _ in range(repeats):
@@ -213,6 +218,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cost", default="ce", choices=COSTS)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--cpu-timer", default="wall", choices=CPU_TIMERS,
+                   help="CPU only: wall (perf_counter, default) or process (process_time)")
     p.add_argument("--fidelity-betas", type=float, nargs="+", default=[0.05, 0.005, 0.0005])
     p.add_argument("--fidelity-batch", type=int, default=16)
     p.add_argument("--reference-device", default=None,
@@ -273,11 +280,13 @@ def run(args) -> dict:
                                args.batch_size, device, args.seed)
         out["speed"] = {"batch_size": args.batch_size, "beta": args.beta,
                         "warmup": args.warmup, "repeats": args.repeats,
-                        "timer": "cuda events" if device.type == "cuda" else "perf_counter",
+                        "timer": "cuda events" if device.type == "cuda" else
+                        {"wall": "perf_counter", "process": "process_time"}[args.cpu_timer],
                         "algorithms": speed(net, x, y, args.schemes, precision=args.precision,
                                             beta=args.beta, iterations=args.iterations,
                                             cost=args.cost, warmup=args.warmup,
-                                            repeats=args.repeats, fused=args.fused)}
+                                            repeats=args.repeats, fused=args.fused,
+                                            cpu_timer=args.cpu_timer)}
     if "fidelity" in args.measure:
         net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
                                args.fidelity_batch, device, args.seed)
