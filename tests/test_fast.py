@@ -10,25 +10,14 @@ import torch
 from workbench import energy, ep, models
 from workbench import equilibrate as eq
 from workbench.equilibrate import NudgedPhase, Precision, _LayerOps, free_phase
+from test_engine import small as small64
 
 F64 = torch.float64
 
-SMALL = {
-    "mlp": dict(kw=dict(widths=(24, 16)), size=8, ch=1),
-    "vgg5": dict(kw=dict(channels=(4, 6, 8, 8, 8)), size=32, ch=1),
-    "vgg10": dict(kw=dict(channels=(4, 4, 6, 6, 8, 8, 8, 8), dense=16), size=32, ch=3),
-}
-
-
 def small(name, seed=0, batch=4, classes=5, dtype=F64):
-    torch.manual_seed(seed)
-    spec = SMALL[name]
-    net = models.build(name, num_classes=classes, in_channels=spec["ch"], image_size=spec["size"],
-                       **spec["kw"]).to(dtype)
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand((batch, spec["ch"], spec["size"], spec["size"]), generator=g, dtype=dtype)
-    y = torch.randint(0, classes, (batch,), generator=g)
-    return net, x, y
+    """test_engine's small models and batches, in ``dtype``."""
+    net, x, y = small64(name, seed=seed, batch=batch, classes=classes)
+    return net.to(dtype), x.to(dtype), y
 
 
 def make_phase(net, x, y, beta, precision, update="mod_pgd"):

@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 from . import ep, models
 from .energy import COSTS
 from .equilibrate import PRECISIONS
+from .runfolder import cpu_name
 
 MEASURES = ("speed", "fidelity")
 CPU_TIMERS = ("wall", "process")
@@ -51,22 +51,11 @@ def environment(device: torch.device) -> dict:
     if device.type == "cuda":
         hardware = torch.cuda.get_device_name(device)
     else:
-        hardware = f"{_cpu_name()}, {torch.get_num_threads()} threads"
+        hardware = f"{cpu_name()}, {torch.get_num_threads()} threads"
     return {"device": str(device), "hardware": hardware, "torch": torch.__version__,
             "cuda": torch.version.cuda if device.type == "cuda" else None,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_batch(model: str, image_size: int, in_channels: int, num_classes: int,
