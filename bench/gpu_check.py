@@ -12,6 +12,8 @@ Sections (VGG10 at 224×224, 1000 classes, K = 10, synthetic data, seeded):
 * ``speed``     batch 128; bp and the four schemes, strict and fast; images/s, EP/BP time, and
   the targets (centered ≥ 600 img/s, one-phase schemes ≥ 1,100 img/s, EP/BP ≤ 12×).
 * ``memory``    centered EP at batch 64, 128, 256: peak memory (fits in 80 GB?).
+* ``profile``   where one centered step's device time goes (fast and strict, batch 128): the
+  top operators by self time, for closing whatever gap the speed section shows.
 * ``fused``     (only with ``--fused``) the speed section's fast runs with ``fused=True``.
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ SMOKE = {**FULL, "image_size": 32, "num_classes": 10, "iterations": 6,
          "speed_batch": 4, "memory_batches": (2, 4), "warmup": 1, "repeats": 1}
 TARGETS = {"centered": 600.0, "forward": 1100.0, "backward": 1100.0, "random": 1100.0}
 MAX_RATIO = 12.0
-SECTIONS = ("fidelity", "speed", "memory", "fused")
+SECTIONS = ("fidelity", "speed", "memory", "profile", "fused")
 
 
 def parse(argv):
@@ -47,8 +49,8 @@ def parse(argv):
                "--cpu-smoke; exits 1 with a message when no GPU is visible.")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny CPU dry run of every section (seconds; what CI runs)")
-    p.add_argument("--sections", nargs="+", default=["fidelity", "speed", "memory"],
-                   choices=SECTIONS, help="default: fidelity speed memory")
+    p.add_argument("--sections", nargs="+", default=["fidelity", "speed", "memory", "profile"],
+                   choices=SECTIONS, help="default: fidelity speed memory profile")
     p.add_argument("--fused", action="store_true", help="also run the 'fused' section")
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="skip sections that would start later than this (default 450)")
@@ -73,6 +75,14 @@ def speed_section(cfg, device, fused=False):
     return {p: bench.speed(net, x, y, cfg["algorithms"], precision=p,
                            iterations=cfg["iterations"], warmup=cfg["warmup"],
                            repeats=cfg["repeats"], fused=fused) for p in precisions}
+
+
+def profile_section(cfg, device):
+    net, x, y = bench.make_batch(cfg["model"], cfg["image_size"], cfg["in_channels"],
+                                 cfg["num_classes"], cfg["speed_batch"], device,
+                                 **cfg["overrides"])
+    return {p: bench.profile(net, x, y, "centered", precision=p, iterations=cfg["iterations"])
+            for p in cfg["precisions"]}
 
 
 def memory_section(cfg, device):
@@ -139,6 +149,14 @@ def table(report) -> str:
             lines.append(f"  {key:<20} " + (r["error"] if "error" in r else
                                              f"peak {_gib(r['peak_memory_mib'])} GiB, "
                                              f"{r['images_per_s']:.1f} img/s"))
+    prof = report["sections"].get("profile")
+    if isinstance(prof, dict) and "error" not in prof:
+        for p, r in prof.items():
+            lines.append(f"\nprofile, centered EP {p}, batch {cfg['speed_batch']}: "
+                         f"{r['total_ms']:.1f} ms of {r['clock']} time by operator")
+            for op in r["ops"]:
+                lines.append(f"  {op['name'][:44]:<44} {op['calls']:>6} calls {op['ms']:>9.2f} ms "
+                             f"{100 * op['share']:>5.1f}%")
     for name, sec in report["sections"].items():
         if isinstance(sec, dict) and "error" in sec:
             lines.append(f"\n{name}: {sec['error']}")
@@ -180,6 +198,7 @@ def main(argv=None) -> int:
     run = {"fidelity": lambda: fidelity_section(cfg, device),
            "speed": lambda: speed_section(cfg, device),
            "memory": lambda: memory_section(cfg, device),
+           "profile": lambda: profile_section(cfg, device),
            "fused": lambda: speed_section(cfg, device, fused=True)}
     t0 = time.monotonic()
     report = {"config": {k: v for k, v in cfg.items()}, "environment": bench.environment(device),

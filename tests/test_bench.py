@@ -165,7 +165,7 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
     r = _script("--cpu-smoke", env={"OUT": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(report["sections"]) == {"fidelity", "speed", "memory"}
+    assert set(report["sections"]) == {"fidelity", "speed", "memory", "profile"}
     for name, sec in report["sections"].items():
         assert "error" not in sec, (name, sec)
     fid = report["sections"]["fidelity"]
@@ -176,6 +176,9 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
     speed = report["sections"]["speed"]
     assert set(speed) == {"strict", "fast"}
     assert set(speed["fast"]) == {"bp", "forward", "backward", "centered", "random"}
-    for line in ("fidelity, batch 4", "speed, batch 4", "memory, centered EP"):
+    ops = report["sections"]["profile"]["fast"]["ops"]
+    assert any("conv" in op["name"] for op in ops)
+    for line in ("fidelity, batch 4", "speed, batch 4", "memory, centered EP",
+                 "profile, centered EP fast"):
         assert line in r.stdout
     assert f"wrote {tmp_path / 'gpu_check.json'}" in r.stdout

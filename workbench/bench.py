@@ -39,8 +39,8 @@ CPU_TIMERS = ("wall", "process")
 DEFAULT_SIZES = {"mlp": 28, "vgg5": 32, "vgg10": 224}
 RULE_SLACK = 0.002
 
-__all__ = ["MEASURES", "RULE_SLACK", "environment", "make_batch", "speed", "fidelity",
-           "add_arguments", "main"]
+__all__ = ["MEASURES", "RULE_SLACK", "environment", "make_batch", "speed", "profile",
+           "fidelity", "add_arguments", "main"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +135,39 @@ def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.0
         for a in algorithms:
             out[a]["time_vs_bp"] = out[a]["ms_per_step"] / out["bp"]["ms_per_step"]
     return out
+
+
+def profile(net, x, y, algorithm: str = "centered", *, precision: str = "strict",
+            beta: float = 0.05, iterations: int = 10, cost: str = "ce", fused: bool = False,
+            top: int = 15) -> dict:
+    """Where one step's time goes: ``torch.profiler`` over one step after a warm-up step.
+
+    Returns ``{"clock": "device" | "cpu", "total_ms": …, "ops": [{"name", "calls", "ms",
+    "share"}, …]}`` with the ``top`` operators by self time (device time on a GPU).
+    """
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    step = _step(net, x, y, algorithm, precision, beta, iterations, cost, fused)
+    step()
+    cuda = x.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize(x.device)
+
+    def self_us(e):
+        if not cuda:
+            return e.self_cpu_time_total
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+
+    events = [e for e in prof.key_averages() if self_us(e) > 0]
+    total = sum(self_us(e) for e in events)
+    events.sort(key=self_us, reverse=True)
+    return {"clock": "device" if cuda else "cpu", "algorithm": algorithm, "precision": precision,
+            "total_ms": total / 1e3,
+            "ops": [{"name": e.key, "calls": e.count, "ms": self_us(e) / 1e3,
+                     "share": self_us(e) / total} for e in events[:top]]}
 
 
 def _cosines(net, grads, ref) -> list:
