@@ -29,12 +29,13 @@ def run_cli(argv, capsys):
 
 def test_cli_json_is_consistent_and_strict_mode_is_faithful(tmp_path, capsys):
     """Oracles: the report's own arithmetic (median of the timed steps, images/s = batch / time,
-    EP/BP = time ratio, --out file == printed JSON) and float64 — in strict fp32 on the CPU every
-    layer's estimate has cosine ≥ 0.9999 with the float64 run of the same estimator, so the rule
-    passes."""
+    EP/BP = time ratio, profile shares ≤ 1, --out file == printed JSON) and float64 — in strict
+    fp32 on the CPU every layer's estimate has cosine ≥ 0.9999 with the float64 run of the same
+    estimator, so the rule passes."""
     out_file = tmp_path / "bench.json"
     rc, out, _ = run_cli(["--model", "mlp", "--batch-size", "8", "--schemes", "bp", "centered",
-                          "random", "--measure", "speed", "fidelity", "--iterations", "4",
+                          "random", "--measure", "speed", "fidelity", "profile",
+                          "--iterations", "4",
                           "--repeats", "3", "--fidelity-batch", "4", "--fidelity-betas", "0.05",
                           "0.001", "--device", "cpu", "--out", str(out_file)], capsys)
     assert rc == 0
@@ -49,6 +50,9 @@ def test_cli_json_is_consistent_and_strict_mode_is_faithful(tmp_path, capsys):
         assert r["images_per_s"] == pytest.approx(8 / r["ms_per_step"] * 1e3)
         assert r["time_vs_bp"] == pytest.approx(r["ms_per_step"] / algs["bp"]["ms_per_step"])
         assert r["peak_memory_mib"] is None
+    for a, prof in report["profile"].items():
+        assert prof["clock"] == "cpu" and prof["ops"], a
+        assert sum(op["share"] for op in prof["ops"]) <= 1 + 1e-9
     fid = report["fidelity"]
     assert len(fid["bp"]["strict"]) == 3 and fid["pass"] is True
     for beta in ("0.05", "0.001"):

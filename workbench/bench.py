@@ -7,6 +7,9 @@ one process on one batch, so that the EP/BP ratio compares like with like. A ste
 with CUDA events on a GPU and ``time.perf_counter`` on the CPU; the report holds the median ms per
 step, images/s, EP/BP time and, on CUDA, each algorithm's peak memory.
 
+**Profile** (``--measure profile``): the operators that take one step's time (device time on a
+GPU), per algorithm, from ``torch.profiler``.
+
 **Fidelity** (``--measure fidelity``): per layer (weight and bias together), the cosine of the
 estimate in the chosen precision with a float64 run of the *same* estimator (same β, K, weights,
 batch and, for ``random``, the same signs), beside the cosine of BP in that precision with float64
@@ -34,7 +37,7 @@ from .energy import COSTS
 from .equilibrate import PRECISIONS
 from .runfolder import cpu_name
 
-MEASURES = ("speed", "fidelity")
+MEASURES = ("speed", "fidelity", "profile")
 CPU_TIMERS = ("wall", "process")
 DEFAULT_SIZES = {"mlp": 28, "vgg5": 32, "vgg10": 224}
 RULE_SLACK = 0.002
@@ -195,7 +198,8 @@ def fidelity(net, x, y, schemes, *, precisions=("strict",), betas=(0.05,), itera
     x64, y64 = x.to(ref_dev, torch.float64), y.to(ref_dev)
     bp64, _, _ = ep.bp_gradients(net64, x64, y64, cost, "strict")
     cos_bp = {p: _cosines(net, ep.bp_gradients(net, x, y, cost, p)[0], bp64) for p in precisions}
-    signs = torch.randint(0, 2, (x.shape[0],), generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    draw = torch.Generator().manual_seed(seed)
+    signs = torch.randint(0, 2, (x.shape[0],), generator=draw) * 2 - 1
     result = {"reference": f"float64 on {ref_dev}", "bp": cos_bp, "betas": {}, "pass": True}
     for beta in betas:
         rows = result["betas"][str(beta)] = {}
@@ -309,6 +313,12 @@ def run(args) -> dict:
                                             cost=args.cost, warmup=args.warmup,
                                             repeats=args.repeats, fused=args.fused,
                                             cpu_timer=args.cpu_timer)}
+    if "profile" in args.measure:
+        net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
+                               args.batch_size, device, args.seed)
+        out["profile"] = {a: profile(net, x, y, a, precision=args.precision, beta=args.beta,
+                                     iterations=args.iterations, cost=args.cost,
+                                     fused=args.fused) for a in args.schemes}
     if "fidelity" in args.measure:
         net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
                                args.fidelity_batch, device, args.seed)

@@ -56,8 +56,8 @@ class Precision:
     """Dtypes of one run.
 
     ``strict``: everything in the parameters' dtype, with TF32 (and oneDNN's reduced fp32
-    modes) switched off for the duration (see :func:`precision_context`). ``fast``: conv maps in bfloat16 (channels_last on
-    CUDA), dense maps, pooling, ReLU, errors and states in float32.
+    modes) switched off for the duration (see :func:`precision_context`). ``fast``: conv maps
+    in bfloat16 (channels_last on CUDA), dense maps, pooling, ReLU, errors and states in float32.
     """
     name: str
     state: torch.dtype
