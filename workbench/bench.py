@@ -34,7 +34,7 @@ import torch
 
 from . import ep, models
 from .energy import COSTS
-from .equilibrate import PRECISIONS
+from .equilibrate import PRECISIONS, fp32_math
 from .runfolder import cpu_name
 
 MEASURES = ("speed", "fidelity", "profile")
@@ -57,7 +57,7 @@ def environment(device: torch.device) -> dict:
         hardware = f"{cpu_name()}, {torch.get_num_threads()} threads"
     return {"device": str(device), "hardware": hardware, "torch": torch.__version__,
             "cuda": torch.version.cuda if device.type == "cuda" else None,
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "fp32_math": fp32_math(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 

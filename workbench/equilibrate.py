@@ -56,13 +56,19 @@ class Precision:
     """Dtypes of one run.
 
     ``strict``: everything in the parameters' dtype, with TF32 (and oneDNN's reduced fp32
-    modes) switched off for the duration (see :func:`precision_context`). ``fast``: conv maps
-    in bfloat16 (channels_last on CUDA), dense maps, pooling, ReLU, errors and states in float32.
+    modes) switched off for the duration (see :func:`precision_context`). ``fast``: the nudged
+    phases' conv maps in bfloat16 (channels_last on CUDA); the free phase (one forward pass, the
+    O(1) states every deviation is measured from) in float32 — on CUDA under PyTorch's cuDNN
+    setting, TF32 by default —; dense maps, pooling, ReLU, errors and states in float32.
+
+    ``conv`` / ``dense``: compute dtypes of the nudged phases' maps; ``free``: of the free
+    phase's maps; ``state``: states, deviations and errors.
     """
     name: str
     state: torch.dtype
     conv: torch.dtype
     dense: torch.dtype
+    free: torch.dtype
     channels_last: bool = False
 
     @staticmethod
@@ -70,8 +76,8 @@ class Precision:
         if name not in PRECISIONS:
             raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(PRECISIONS)}")
         if name == "strict":
-            return Precision("strict", param_dtype, param_dtype, param_dtype)
-        return Precision("fast", torch.float32, torch.bfloat16, torch.float32,
+            return Precision("strict", param_dtype, param_dtype, param_dtype, param_dtype)
+        return Precision("fast", torch.float32, torch.bfloat16, torch.float32, torch.float32,
                          channels_last=device.type == "cuda")
 
 
@@ -142,22 +148,31 @@ class _LayerOps:
         self.out_dtype = precision.state
         self.memory_format = (torch.channels_last if self.conv and precision.channels_last
                               else torch.contiguous_format)
-        self.weight = layer.weight.detach().to(self.dtype, memory_format=self.memory_format) \
-            if self.conv else layer.weight.detach().to(self.dtype)
-        self.bias = layer.bias.detach().to(self.dtype)
+        self.weight, self.bias = self._params(self.dtype)
+        self.free_weight, self.free_bias = (self._params(precision.free)
+                                            if precision.free != self.dtype
+                                            else (self.weight, self.bias))
 
-    def _cast(self, t: torch.Tensor) -> torch.Tensor:
-        if self.conv:
-            return t.to(self.dtype, memory_format=self.memory_format)
-        return t.to(self.dtype).flatten(1)
+    def _params(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.layer.weight.detach()
+        w = w.to(dtype, memory_format=self.memory_format) if self.conv else w.to(dtype)
+        return w, self.layer.bias.detach().to(dtype)
 
-    def apply(self, h: torch.Tensor, bias: bool) -> torch.Tensor:
-        """``W h (+ b)`` before pooling, in the state dtype."""
-        b = self.bias if bias else None
+    def _cast(self, t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        dtype = dtype or self.dtype
         if self.conv:
-            out = F.conv2d(self._cast(h), self.weight, b, padding=1)
+            return t.to(dtype, memory_format=self.memory_format)
+        return t.to(dtype).flatten(1)
+
+    def apply(self, h: torch.Tensor, bias: bool, free: bool = False) -> torch.Tensor:
+        """``W h (+ b)`` before pooling, in the state dtype; ``free``: in the free phase's
+        compute dtype."""
+        w, b = (self.free_weight, self.free_bias) if free else (self.weight, self.bias)
+        b = b if bias else None
+        if self.conv:
+            out = F.conv2d(self._cast(h, w.dtype), w, b, padding=1)
         else:
-            out = F.linear(self._cast(h), self.weight, b)
+            out = F.linear(self._cast(h, w.dtype), w, b)
         return out.to(self.out_dtype)
 
     def transpose(self, g: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
@@ -207,7 +222,7 @@ class FreeState:
 def free_phase(net, x: torch.Tensor, ops: list[_LayerOps], precision: Precision) -> FreeState:
     h, a, zc, idx = [x.to(precision.state)], [None], [None], [None]
     for layer, op in zip(net.layers, ops):
-        out = op.apply(h[-1], bias=True)
+        out = op.apply(h[-1], bias=True, free=True)
         if layer.pool:
             pooled, i = F.max_pool2d(out, 2, 2, return_indices=True)
             zc.append(out.sub_(F.interpolate(pooled, scale_factor=2, mode="nearest")))
