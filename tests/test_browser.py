@@ -51,8 +51,8 @@ def lab(tmp_path):
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
     tracker = settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
-    tracker.parent.mkdir(parents=True)
-    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))   # no kernel dialog
+    tracker.parent.mkdir(parents=True)   # start the notebook's kernel without asking
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ, JUPYTER_PATH=str(Path(sys.prefix, "share", "jupyter")),
                JUPYTER_CONFIG_DIR=str(config), JUPYTERLAB_SETTINGS_DIR=str(settings),
@@ -76,7 +76,7 @@ def lab(tmp_path):
                     raise RuntimeError("JupyterLab did not start:\n"
                                        + (tmp_path / "lab.log").read_text()[-3000:])
                 time.sleep(0.5)
-        yield f"{url}/lab/tree/{NOTEBOOK}?token={token}"
+        yield f"{url}/lab?token={token}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -92,38 +92,52 @@ def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
     widget synchronised through JupyterLab's widget manager)."""
     from playwright.sync_api import sync_playwright
 
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(120_000)
-            page.goto(lab)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.locator("[data-command='runmenu:run-all']").click()
-            page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3"
-                                   " && document.querySelector('.js-plotly-plot').data"
-                                   " && document.querySelector('.js-plotly-plot').data.length >= 6")
-            before = page.evaluate(PLOT_DATA)
-            slider = page.locator(".widget-hslider").filter(has=page.locator("label", has_text="β"))
-            readout = slider.locator(".widget-readout")
-            start = readout.inner_text()
-            handle = slider.locator(".noUi-handle")
-            handle.scroll_into_view_if_needed()
-            box = handle.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            page.mouse.move(x, y)
-            page.mouse.down()
-            page.mouse.move(x - 60, y, steps=10)
-            page.mouse.up()
-            page.wait_for_function(f"() => JSON.stringify(({PLOT_DATA})()[0]) !== "
-                                   f"{json.dumps(json.dumps(before[0]))}")
-            after, end = page.evaluate(PLOT_DATA), readout.inner_text()
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "01_equilibration_dynamics.png"),
-                            full_page=True)
+            before, after, start, end = drag_beta_slider(page, lab)
+            page.screenshot(path=str(SCREENSHOTS / "01_equilibration_dynamics.png"))
+        except Exception:
+            page.screenshot(path=str(SCREENSHOTS / "01_equilibration_dynamics-failed.png"))
+            raise
         finally:
             browser.close()
     assert float(start) == pytest.approx(0.05) and float(end) < float(start)
     assert len(after[0]) == 6 and after[0] != before[0]   # F, E, C of both phases, redrawn
+
+
+def drag_beta_slider(page, url: str) -> tuple:
+    """Open the notebook, run all cells, drag the β handle left; return the plots' data before
+    and after and the β readout before and after."""
+    page.goto(url)
+    # open the notebook from the file browser once the launcher lists the kernel (opening it by
+    # URL can race JupyterLab's kernel-spec loading and start a second kernel)
+    page.locator(".jp-LauncherCard", has_text="Python 3").first.wait_for()
+    page.locator(".jp-DirListing-item", has_text=NOTEBOOK[:12]).dblclick()
+    # the status bar says "Idle" once the kernel's websocket is connected (the toolbar's
+    # indicator already reads idle before that, and a Run All sent then is lost)
+    page.locator(".jp-StatusBar-Widget", has_text="| Idle").first.wait_for()
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.locator("[data-command='runmenu:run-all']").click()
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3"
+                           " && document.querySelector('.js-plotly-plot').data"
+                           " && document.querySelector('.js-plotly-plot').data.length >= 6")
+    before = page.evaluate(PLOT_DATA)
+    slider = page.locator(".widget-hslider").filter(has=page.locator("label", has_text="β"))
+    readout = slider.locator(".widget-readout")
+    start = readout.inner_text()
+    handle = slider.locator(".noUi-handle")
+    handle.scroll_into_view_if_needed()
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - 30, y, steps=10)
+    page.mouse.up()
+    page.wait_for_function(f"() => JSON.stringify(({PLOT_DATA})()[0]) !== "
+                           f"{json.dumps(json.dumps(before[0]))}")
+    return before, page.evaluate(PLOT_DATA), start, readout.inner_text()

@@ -54,8 +54,9 @@ def test_committed_notebooks_are_stripped_and_parameterised():
     assert [p.name for p in ALL] == ["00_ep_tutorial.ipynb", "01_equilibration_dynamics.ipynb",
                                      "02_gradient_bias.ipynb", "03_train.ipynb",
                                      "04_imagenet_vgg10.ipynb"]
-    verify = subprocess.run([str(Path(sys.prefix, "bin", "nbstripout")), "--verify", *map(str, ALL)],
-                            capture_output=True, text=True)
+    nbstripout = Path(sys.prefix, "bin", "nbstripout")
+    verify = subprocess.run([str(nbstripout), "--verify", *map(str, ALL)], capture_output=True,
+                            text=True)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     for path in ALL:
         nb = nbformat.read(path, as_version=4)

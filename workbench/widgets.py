@@ -39,6 +39,7 @@ __all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "TrainingMonitor", "
 COLORS = {"forward": "#1f77b4", "backward": "#d62728", "centered": "#2ca02c",
           "random": "#9467bd"}
 PHASE_DASH = ("solid", "dash")
+MARGIN = dict(t=40, b=40, l=50, r=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,13 +303,13 @@ class EnergyExplorer(_Explorer):
             "F = E + βC", "E = ½Σ‖ε_k‖²", "cost C"), horizontal_spacing=0.08)
         energy.update_yaxes(type="log", row=1, col=2)
         energy.update_xaxes(title_text="iteration")
-        energy.update_layout(height=300, margin=dict(t=40, b=40, l=50, r=10))
-        heat = go.Figure(layout=dict(title="per-layer energy log10 ½‖ε_k‖²", height=320,
-                                     xaxis_title="iteration", yaxis_title="layer",
-                                     margin=dict(t=40, b=40, l=50, r=10)))
-        change = go.Figure(layout=dict(title="largest state change max|Δh_k|", height=320,
-                                       xaxis_title="iteration", yaxis_type="log",
-                                       margin=dict(t=40, b=40, l=50, r=10)))
+        energy.update_layout(width=1000, height=300, margin=MARGIN)
+        heat = go.Figure(layout=dict(title="per-layer energy log10 ½‖ε_k‖²", width=500,
+                                     height=320, xaxis_title="iteration", yaxis_title="layer",
+                                     margin=MARGIN))
+        change = go.Figure(layout=dict(title="largest state change max|Δh_k|", width=500,
+                                       height=320, xaxis_title="iteration", yaxis_type="log",
+                                       margin=MARGIN))
         return {k: go.FigureWidget(f) for k, f in
                 (("energy", energy), ("heatmap", heat), ("change", change))}
 
@@ -446,9 +447,9 @@ class GradientBiasExplorer(_Explorer):
             "cosine with BP", "relative error ‖g − g_BP‖ / ‖g_BP‖"))
         per_layer.update_xaxes(title_text="layer", dtick=1)
         per_layer.update_yaxes(type="log", row=1, col=2)
-        per_layer.update_layout(barmode="group", height=320, margin=dict(t=40, b=40, l=50, r=10))
-        sweep = dict(height=340, yaxis_type="log", yaxis_title="relative error",
-                     margin=dict(t=40, b=40, l=50, r=10))
+        per_layer.update_layout(barmode="group", width=1000, height=320, margin=MARGIN)
+        sweep = dict(width=500, height=340, yaxis_type="log", yaxis_title="relative error",
+                     margin=MARGIN)
         beta = go.Figure(layout=dict(title="relative error against β", xaxis_type="log",
                                      xaxis_title="β", **sweep))
         iters = go.Figure(layout=dict(title="relative error against K", xaxis_type="log",
@@ -545,7 +546,7 @@ class TrainingMonitor(W.VBox):
         fig.update_xaxes(title_text="epoch", row=1, col=1)
         fig.update_xaxes(title_text="epoch", row=1, col=2)
         fig.update_xaxes(title_text="step", row=1, col=3)
-        fig.update_layout(height=330, margin=dict(t=40, b=40, l=50, r=10))
+        fig.update_layout(width=1000, height=330, margin=MARGIN)
         for key, name, xa, ya in self.EPOCH:
             fig.add_scatter(x=[], y=[], name=name, mode="lines+markers", xaxis=xa, yaxis=ya)
         self.figure = go.FigureWidget(fig)
