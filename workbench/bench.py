@@ -4,8 +4,9 @@
 ``--warmup`` untimed steps, then ``--repeats`` timed steps, round-robin over the algorithms in
 one process on one batch, so that the EP/BP ratio compares like with like. A step is one
 ``workbench.ep.estimate`` call as training makes it (``trace=False``, ``.grad`` written). Timed
-with CUDA events on a GPU and ``time.perf_counter`` on the CPU; the report holds the median ms per
-step, images/s, EP/BP time and, on CUDA, each algorithm's peak memory.
+with CUDA events on a GPU and ``time.perf_counter`` on the CPU (``--cpu-timer process``: CPU
+time); the report holds the median ms per step, images/s, EP/BP time and, on CUDA, each
+algorithm's peak memory. On CUDA ``cudnn.benchmark`` is on.
 
 **Profile** (``--measure profile``): the operators that take one step's time (device time on a
 GPU), per algorithm, from ``torch.profiler``.
