@@ -7,8 +7,8 @@
 
 Both are ipywidgets boxes (display them as the last expression of a cell) holding plotly
 ``FigureWidget`` plots (plotly ≥ 6 renders them through anywidget). Both build with no arguments
-— a small mlp on a seeded synthetic batch, computed on the CPU in a second or two — from models
-and data you pass, or from a training run folder with :meth:`from_checkpoint`.
+— three small random models on a seeded synthetic batch, computed on the CPU in a second or two
+— from models and data you pass, or from a training run folder with :meth:`from_checkpoint`.
 
 Every control redraws the plots. Engine results are cached by the settings that determine them
 (model, batch, scheme, β, K, update rule, order), so view-only controls (the phase shown, the
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from plotly.subplots import make_subplots
 
 from . import ep, models
+from .energy import check_cost
 from .equilibrate import ORDERS, UPDATES
 
 __all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "TrainingMonitor", "default_models",
@@ -150,6 +151,7 @@ class Lab:
 
     def __init__(self, models=None, data=None, batch_size: int = 16, cost: str = "ce",
                  dtype: torch.dtype = torch.float64, seed: int = 0):
+        check_cost(cost)
         self.x, self.y = synthetic_data() if data is None else data
         if models is None:
             models = default_models(max(10, int(self.y.max()) + 1), self.x.shape[1],
@@ -253,6 +255,11 @@ class _Explorer(W.VBox):
         s = self.settings
         return {k: s[k] for k in ("model", "batch", "beta", "iterations", "update", "order")}
 
+    def _figure_rows(self) -> list:
+        """The first figure on a row of its own, the other two side by side below it."""
+        wide, *pair = self.figures.values()
+        return [wide, W.HBox(pair)]
+
     def _quietly(self, fn) -> None:
         """Run ``fn`` (which sets controls) without redrawing for each control it sets."""
         self._quiet = True
@@ -289,14 +296,13 @@ class EnergyExplorer(_Explorer):
 
     def __init__(self, models=None, data=None, *, batch_size: int = 16, cost: str = "ce",
                  beta: float = 0.05, iterations: int = 10, scheme: str = "centered",
-                 dtype: torch.dtype = torch.float64, seed: int = 0, lab: Optional[Lab] = None):
-        lab = lab or Lab(models, data, batch_size, cost, dtype, seed)
+                 dtype: torch.dtype = torch.float64, seed: int = 0):
         extra = {
             "scheme": W.Dropdown(options=list(ep.SCHEMES), value=scheme, description="scheme"),
             "phase": W.Dropdown(options=[("+β", 0)], value=0, description="phase"),
             "layers": W.SelectMultiple(options=[], description="layers", rows=4),
         }
-        super().__init__(lab, beta, iterations, extra)
+        super().__init__(Lab(models, data, batch_size, cost, dtype, seed), beta, iterations, extra)
 
     def _build_figures(self) -> dict:
         energy = make_subplots(rows=1, cols=3, subplot_titles=(
@@ -312,10 +318,6 @@ class EnergyExplorer(_Explorer):
                                        margin=MARGIN))
         return {k: go.FigureWidget(f) for k, f in
                 (("energy", energy), ("heatmap", heat), ("change", change))}
-
-    def _figure_rows(self) -> list:
-        f = self.figures
-        return [f["energy"], W.HBox([f["heatmap"], f["change"]])]
 
     def _model_changed(self, change=None) -> None:
         n = self.lab.layers(self.controls["model"].value)
@@ -419,7 +421,7 @@ class GradientBiasExplorer(_Explorer):
                  schemes: Sequence[str] = ("forward", "backward", "centered", "random"),
                  betas: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1),
                  iterations_sweep: Sequence[int] = (1, 2, 4, 8, 16, 32),
-                 dtype: torch.dtype = torch.float64, seed: int = 0, lab: Optional[Lab] = None):
+                 dtype: torch.dtype = torch.float64, seed: int = 0):
         for s in schemes:
             if s not in ep.SCHEMES:
                 raise ValueError(f"unknown scheme {s!r}; accepted: {', '.join(ep.SCHEMES)}")
@@ -431,7 +433,6 @@ class GradientBiasExplorer(_Explorer):
         self.betas = sorted(float(b) for b in betas)
         self.iterations_sweep = sorted(int(k) for k in iterations_sweep)
         self.slopes: dict[str, float] = {}
-        lab = lab or Lab(models, data, batch_size, cost, dtype, seed)
         extra = {
             "schemes": W.SelectMultiple(options=list(ep.SCHEMES), value=tuple(schemes),
                                         description="schemes", rows=4),
@@ -440,7 +441,7 @@ class GradientBiasExplorer(_Explorer):
                               value=max([b for b in self.betas[1:] if b <= 1e-3],
                                         default=self.betas[-1]), description="fit β ≤"),
         }
-        super().__init__(lab, beta, iterations, extra)
+        super().__init__(Lab(models, data, batch_size, cost, dtype, seed), beta, iterations, extra)
 
     def _build_figures(self) -> dict:
         per_layer = make_subplots(rows=1, cols=2, subplot_titles=(
@@ -456,10 +457,6 @@ class GradientBiasExplorer(_Explorer):
                                       xaxis_title="iterations K", **sweep))
         return {k: go.FigureWidget(f) for k, f in
                 (("layers", per_layer), ("beta", beta), ("iterations", iters))}
-
-    def _figure_rows(self) -> list:
-        f = self.figures
-        return [f["layers"], W.HBox([f["beta"], f["iterations"]])]
 
     def _model_changed(self, change=None) -> None:
         ctl = self.controls["layer"]
