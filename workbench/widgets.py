@@ -233,7 +233,7 @@ class _Explorer(W.VBox):
             c.observe(self._changed, names="value")
         boxes = list(self.controls.values())
         super().__init__([W.HBox(boxes[:4]), W.HBox(boxes[4:]), self.status,
-                          *self._figure_rows()])
+                          *self.figures.values()])
         self._quietly(self._model_changed)
         self.redraw()
 
@@ -254,11 +254,6 @@ class _Explorer(W.VBox):
         """The settings every engine call takes."""
         s = self.settings
         return {k: s[k] for k in ("model", "batch", "beta", "iterations", "update", "order")}
-
-    def _figure_rows(self) -> list:
-        """The first figure on a row of its own, the other two side by side below it."""
-        wide, *pair = self.figures.values()
-        return [wide, W.HBox(pair)]
 
     def _quietly(self, fn) -> None:
         """Run ``fn`` (which sets controls) without redrawing for each control it sets."""
@@ -309,13 +304,11 @@ class EnergyExplorer(_Explorer):
             "F = E + βC", "E = ½Σ‖ε_k‖²", "cost C"), horizontal_spacing=0.08)
         energy.update_yaxes(type="log", row=1, col=2)
         energy.update_xaxes(title_text="iteration")
-        energy.update_layout(width=1000, height=300, margin=MARGIN)
-        heat = go.Figure(layout=dict(title="per-layer energy log10 ½‖ε_k‖²", width=500,
-                                     height=320, xaxis_title="iteration", yaxis_title="layer",
-                                     margin=MARGIN))
-        change = go.Figure(layout=dict(title="largest state change max|Δh_k|", width=500,
-                                       height=320, xaxis_title="iteration", yaxis_type="log",
-                                       margin=MARGIN))
+        energy.update_layout(height=300, margin=MARGIN)
+        heat = go.Figure(layout=dict(title="per-layer energy log10 ½‖ε_k‖²", height=320,
+                                     xaxis_title="iteration", yaxis_title="layer", margin=MARGIN))
+        change = go.Figure(layout=dict(title="largest state change max|Δh_k|", height=320,
+                                       xaxis_title="iteration", yaxis_type="log", margin=MARGIN))
         return {k: go.FigureWidget(f) for k, f in
                 (("energy", energy), ("heatmap", heat), ("change", change))}
 
@@ -448,8 +441,8 @@ class GradientBiasExplorer(_Explorer):
             "cosine with BP", "relative error ‖g − g_BP‖ / ‖g_BP‖"))
         per_layer.update_xaxes(title_text="layer", dtick=1)
         per_layer.update_yaxes(type="log", row=1, col=2)
-        per_layer.update_layout(barmode="group", width=1000, height=320, margin=MARGIN)
-        sweep = dict(width=500, height=340, yaxis_type="log", yaxis_title="relative error",
+        per_layer.update_layout(barmode="group", height=320, margin=MARGIN)
+        sweep = dict(height=340, yaxis_type="log", yaxis_title="relative error",
                      margin=MARGIN)
         beta = go.Figure(layout=dict(title="relative error against β", xaxis_type="log",
                                      xaxis_title="β", **sweep))
@@ -512,7 +505,7 @@ class GradientBiasExplorer(_Explorer):
         layer = self.controls["layer"].value
         where = "all parameters" if not layer else f"layer {layer}"
         self.figures["beta"].layout.title.text = (
-            f"relative error against β ({where}, K={self.controls['iterations'].value}; "
+            f"relative error against β ({where}, K = {self.controls['iterations'].value}; "
             f"slopes fitted for β ≤ {fitted[-1]:g})")
         self.figures["iterations"].layout.title.text = (
             f"relative error against K ({where}, β={self.controls['beta'].value:.2g})")
@@ -543,7 +536,7 @@ class TrainingMonitor(W.VBox):
         fig.update_xaxes(title_text="epoch", row=1, col=1)
         fig.update_xaxes(title_text="epoch", row=1, col=2)
         fig.update_xaxes(title_text="step", row=1, col=3)
-        fig.update_layout(width=1000, height=330, margin=MARGIN)
+        fig.update_layout(height=330, margin=MARGIN)
         for key, name, xa, ya in self.EPOCH:
             fig.add_scatter(x=[], y=[], name=name, mode="lines+markers", xaxis=xa, yaxis=ya)
         self.figure = go.FigureWidget(fig)
