@@ -1,8 +1,8 @@
 """A real browser: JupyterLab on loopback, Debian's chromium driven by Playwright, notebook 01.
 
 Runs every cell, drags the β slider of the EnergyExplorer, and checks that the plot in the page
-changed. A screenshot is saved to ``runs/browser/`` (ignored by git). Skipped only where
-``/usr/bin/chromium`` is absent (``.ci/run`` installs it).
+was redrawn with the engine's numbers for the new β. A screenshot is saved to ``runs/browser/``
+(ignored by git). Skipped only where ``/usr/bin/chromium`` is absent (``.ci/run`` installs it).
 """
 import json
 import os
@@ -15,8 +15,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import papermill
 import pytest
+
+from workbench import data, ep, widgets
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +32,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 # y values of every trace of every plotly graph in the page
 PLOT_DATA = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
                          .map(g => (g.data || []).map(t => Array.from(t.y || [])))"""
+
+
+def dataset() -> str:
+    """Fashion-MNIST where it is installed (CI installs it), else the synthetic dataset."""
+    try:
+        data.build("fashion-mnist", "test", download=False)
+    except data.DatasetNotFoundError:
+        return "synthetic"
+    return "fashion-mnist"
 
 
 def free_port() -> int:
@@ -44,8 +56,8 @@ def lab(tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     papermill.execute_notebook(str(REPO / "notebooks" / NOTEBOOK), str(work / NOTEBOOK),
-                               parameters={"pool": 32, "batch_size": 8}, prepare_only=True,
-                               progress_bar=False)
+                               parameters={"dataset": dataset(), "pool": 32, "batch_size": 8},
+                               prepare_only=True, progress_bar=False)
     config, settings = tmp_path / "config", tmp_path / "settings"
     (config / "labconfig").mkdir(parents=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
@@ -87,9 +99,10 @@ def lab(tmp_path):
 
 
 def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
-    """oracle: the plotly graphs in the page before and after a drag of the β slider — the
-    readout shows a new β and the energy plot's data change (the kernel recomputed and the
-    widget synchronised through JupyterLab's widget manager)."""
+    """oracle: the plotly graphs in the page before and after a drag of the β slider: the
+    readout shows a smaller β, and the energy plot now holds the engine's own trace
+    (ep.estimate run here on the same model and batch at that β) — the kernel recomputed and
+    the figure synchronised through JupyterLab's widget manager into the page."""
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -108,6 +121,17 @@ def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
             browser.close()
     assert float(start) == pytest.approx(0.05) and float(end) < float(start)
     assert len(after[0]) == 6 and after[0] != before[0]   # F, E, C of both phases, redrawn
+    # the slider moves log10 β in steps of 0.1; the readout shows 2 significant digits
+    beta = 10 ** round(np.log10(float(end)), 1)
+    x, y = widgets.examples(dataset(), 8)
+    net = widgets.default_models(10, x.shape[1], x.shape[-1])["mlp 128-64"].double()
+    plus, minus = ep.estimate(net, x.double(), y, scheme="centered", beta=beta, iterations=10,
+                              accumulate=False).trace.phases
+    f_plus, _, c_plus, f_minus, _, c_minus = after[0]
+    np.testing.assert_allclose(f_plus, plus.total.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(c_plus, plus.cost.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(f_minus, minus.total.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(c_minus, minus.cost.numpy(), rtol=1e-9)
 
 
 def drag_beta_slider(page, url: str) -> tuple:
