@@ -19,7 +19,8 @@ import numpy as np
 import papermill
 import pytest
 
-from workbench import data, ep, widgets
+from test_notebooks import real_or_synthetic
+from workbench import ep, widgets
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -32,15 +33,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
 # y values of every trace of every plotly graph in the page
 PLOT_DATA = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
                          .map(g => (g.data || []).map(t => Array.from(t.y || [])))"""
-
-
-def dataset() -> str:
-    """Fashion-MNIST where it is installed (CI installs it), else the synthetic dataset."""
-    try:
-        data.build("fashion-mnist", "test", download=False)
-    except data.DatasetNotFoundError:
-        return "synthetic"
-    return "fashion-mnist"
 
 
 def free_port() -> int:
@@ -56,8 +48,9 @@ def lab(tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     papermill.execute_notebook(str(REPO / "notebooks" / NOTEBOOK), str(work / NOTEBOOK),
-                               parameters={"dataset": dataset(), "pool": 32, "batch_size": 8},
-                               prepare_only=True, progress_bar=False)
+                               parameters={"dataset": real_or_synthetic(), "pool": 32,
+                                           "batch_size": 8}, prepare_only=True,
+                               progress_bar=False)
     config, settings = tmp_path / "config", tmp_path / "settings"
     (config / "labconfig").mkdir(parents=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
@@ -123,7 +116,7 @@ def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
     assert len(after[0]) == 6 and after[0] != before[0]   # F, E, C of both phases, redrawn
     # the slider moves log10 β in steps of 0.1; the readout shows 2 significant digits
     beta = 10 ** round(np.log10(float(end)), 1)
-    x, y = widgets.examples(dataset(), 8)
+    x, y = widgets.examples(real_or_synthetic(), 8)
     net = widgets.default_models(10, x.shape[1], x.shape[-1])["mlp 128-64"].double()
     plus, minus = ep.estimate(net, x.double(), y, scheme="centered", beta=beta, iterations=10,
                               accumulate=False).trace.phases
