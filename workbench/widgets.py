@@ -346,11 +346,11 @@ class EnergyExplorer(_Explorer):
             t = list(range(ph.energy.shape[0]))
             style = dict(mode="lines+markers", line=dict(dash=PHASE_DASH[i % 2]),
                          legendgroup=name)
-            traces.append(go.Scatter(x=t, y=ph.total.tolist(), name=f"F {name}", xaxis="x",
+            traces.append(go.Scatter(x=t, y=_finite(ph.total.tolist()), name=f"F {name}", xaxis="x",
                                      yaxis="y", **style))
             traces.append(go.Scatter(x=t, y=_positive(ph.energy.sum(1)), name=f"E {name}",
                                      xaxis="x2", yaxis="y2", **style))
-            traces.append(go.Scatter(x=t, y=ph.cost.tolist(), name=f"C {name}", xaxis="x3",
+            traces.append(go.Scatter(x=t, y=_finite(ph.cost.tolist()), name=f"C {name}", xaxis="x3",
                                      yaxis="y3", **style))
         _replace(fig, traces)
 
