@@ -212,6 +212,12 @@ def _default_run_dir(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{cfg.model}-{cfg.dataset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def input_size(cfg: TrainConfig) -> Optional[int]:
+    """The image size the data is prepared at: ``cfg.image_size``, else 32 for vgg5 (28×28 data
+    zero-padded, the paper's MNIST set-up), else the dataset's own (None)."""
+    return cfg.image_size or (32 if cfg.model == "vgg5" else None)
+
+
 class Trainer:
     """One run: data, model, optimizer, run folder, and the loop. Use :func:`run`."""
 
@@ -219,7 +225,7 @@ class Trainer:
                  folder: RunFolder, callback: Optional[Callable[[dict], None]] = None):
         self.cfg, self.dist, self.device, self.callback = cfg, dist, device, callback
         self.folder = folder
-        size = cfg.image_size or (32 if cfg.model == "vgg5" else None)
+        size = input_size(cfg)
         kw = dict(data_root=cfg.data_root, image_size=size, in_channels=cfg.in_channels,
                   num_classes=cfg.num_classes, download=cfg.download, options=cfg.data_args)
         self.train_set = data.build(cfg.dataset, "train", **kw)

@@ -129,7 +129,7 @@ def load_run(run_dir: str, n: int = 256):
                          f"{' and '.join(missing)} missing (a run of `workbench train` or "
                          f"notebooks/03_train.ipynb writes both)")
     cfg = train.TrainConfig.from_dict(json.loads((folder / CONFIG).read_text()))
-    size = cfg.image_size or (32 if cfg.model == "vgg5" else None)   # as the Trainer sizes it
+    size = train.input_size(cfg)
     test = data.build(cfg.dataset, "test", data_root=cfg.data_root, image_size=size,
                       in_channels=cfg.in_channels, num_classes=cfg.num_classes, download=False)
     net = models.build(cfg.model, **data.describe(test, cfg.dataset, size), **cfg.model_args)
