@@ -306,14 +306,23 @@ def process(job: Job, dest: Path, resize: int | None, quality: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     files, converted = {}, {}
-    for name, data in _images(job):
+    images = _images(job)
+    while True:
+        try:
+            name, data = next(images)
+        except StopIteration:
+            break
+        except (tarfile.TarError, OSError) as e:
+            raise PrepError(f"{job.split}/{job.wnid}: cannot read the class's source "
+                            f"({type(e).__name__}: {e})") from e
         name = name if name.endswith(".JPEG") else _stem(name) + ".JPEG"
         if name in files:
             raise PrepError(f"{job.split}/{job.wnid}: two source images are written as {name}")
         try:
             jpeg, quirk = to_rgb_jpeg(data, resize, quality)
-        except OSError as e:
-            raise PrepError(f"{job.split}/{job.wnid}/{name} is not a readable image: {e}") from e
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise PrepError(f"{job.split}/{job.wnid}/{name} is not a readable image: "
+                            f"{type(e).__name__}: {e}") from e
         write_atomic(out / name, jpeg)
         files[name] = hashlib.sha256(jpeg).hexdigest()
         if quirk:

@@ -110,8 +110,8 @@ def test_source_is_never_modified(prepared):
 
 def test_devkit_labels_match_torchvision(official, tmp_path, monkeypatch):
     """Oracle: torchvision's own devkit parser (leaf synsets of meta.mat, ground-truth order)."""
-    tv = pytest.importorskip("torchvision.datasets.imagenet")
     import torch
+    import torchvision.datasets.imagenet as tv
 
     src, truth = official
     (tmp_path / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(
@@ -154,6 +154,21 @@ def test_count_check(official, tmp_path, monkeypatch, capsys):
     assert "train images: found 12, expected 13" in capsys.readouterr().err
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["complete"] is False
     assert imagenet.prepare(src, tmp_path / "c", workers=1, allow_partial=True) == 0
+
+
+def test_a_corrupt_class_tar_is_named(tmp_path, capsys):
+    """Oracle: the documented exit status 2 and a message naming the class — a per-class tar
+    overwritten with garbage stops the run cleanly, not with a traceback."""
+    src = tmp_path / "src"
+    truth = synthetic.write(src, "class_tars", **SMALL)
+    wnid = sorted(truth["train"])[0]
+    tars = list(src.rglob(f"{wnid}.tar"))
+    assert len(tars) == 1
+    tars[0].write_bytes(bytes(range(256)) * 8)
+    assert imagenet.main(["--source", str(src), "--dest", str(tmp_path / "dest"),
+                          "--workers", "1", "--allow-partial"]) == 2
+    err = capsys.readouterr().err
+    assert f"train/{wnid}" in err and "Traceback" not in err
 
 
 def test_interrupted_run_resumes_without_redoing_finished_classes(prepared, tmp_path):

@@ -83,7 +83,8 @@ def _same_masks(net, phase, free):
     """No ReLU and no max-pool choice differs between the free and the nudged state: the same
     pre-activations are positive, the same units are on, the same pooling winners."""
     for k in range(1, len(net.layers)):          # the output layer is linear: no mask
-        if not torch.equal(phase._pre(k) > 0, free.a[k] > 0):
+        da = phase.da(k)
+        if da is not None and not torch.equal(free.a[k] + da > 0, free.a[k] > 0):
             return False
         if not torch.equal(phase.state(k) > 0, free.h[k] > 0):
             return False
@@ -362,6 +363,10 @@ def test_api_errors_for_inputs_and_models():
         ep.estimate(net, x, y.double())
     with pytest.raises(ValueError, match=r"y must have shape \(N,\)"):
         ep.estimate(net, x, y[:2])
+    with pytest.raises(ValueError, match="at least one example"):
+        ep.estimate(net, x[:0], y[:0])
+    with pytest.raises(ValueError, match="conv_fan must be 'fan_in' or 'fan_out'"):
+        models.build("vgg5", num_classes=10, in_channels=1, image_size=32, conv_fan="fanout")
     with pytest.raises(ValueError, match="available: mlp, vgg10, vgg5"):
         models.build("resnet50")
     with pytest.raises(ValueError, match="overrides accepted"):

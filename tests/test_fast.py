@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench import energy, ep, models
+from workbench import energy, ep
 from workbench import equilibrate as eq
 from workbench.equilibrate import NudgedPhase, Precision, _LayerOps, free_phase
 from test_engine import small as small64
@@ -20,11 +20,11 @@ def small(name, seed=0, batch=4, classes=5, dtype=F64):
     return net.to(dtype), x.to(dtype), y
 
 
-def make_phase(net, x, y, beta, precision, update="mod_pgd"):
+def make_phase(net, x, y, beta, precision, update="mod_pgd", order="async"):
     ops = [_LayerOps(layer, precision) for layer in net.layers]
     free = free_phase(net, x, ops, precision)
     b = torch.full((x.shape[0], 1), beta, dtype=precision.state)
-    return NudgedPhase(net, free, ops, y, b, "ce", update, "async"), free
+    return NudgedPhase(net, free, ops, y, b, "ce", update, order), free
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,15 +73,17 @@ def plain_step(net, states, y, beta, update, sweeps):
     return states
 
 
-@pytest.mark.parametrize("name,update", [("vgg5", "mod_pgd"), ("vgg10", "pgd"),
-                                         ("mlp", "mod_pgd")])
-def test_deviation_form_equals_plain_form_states(name, update):
+@pytest.mark.parametrize("name,update,order", [
+    ("vgg5", "mod_pgd", "async"), ("vgg10", "pgd", "async"), ("mlp", "mod_pgd", "async"),
+    ("mlp", "pgd", "async"), ("vgg10", "pgd", "sync"), ("vgg5", "mod_pgd", "sync")])
+def test_deviation_form_equals_plain_form_states(name, update, order):
     """Oracle: the nudged dynamics written plainly on full states h (workbench.energy's E,
     Δ_k by autograd, no deviations, nothing skipped) — the engine's states h⁰ + d agree with it
     after every iteration, to 1e-12 in float64."""
     net, x, y = small(name, seed=4)
     beta = 0.3
-    phase, free = make_phase(net, x, y, beta, Precision.make("strict", F64, x.device), update)
+    phase, free = make_phase(net, x, y, beta, Precision.make("strict", F64, x.device), update,
+                             order)
     states = [h.clone() for h in free.h]
     for _ in range(6):
         phase.step()
@@ -203,7 +205,8 @@ def test_strict_mode_never_leaves_tf32_on(monkeypatch):
 def test_trace_off_measures_only_the_last_iteration(monkeypatch):
     """Oracle: the traced run of the same phase — with tracing off the state change is measured
     once (the last iteration's row, equal to the traced run's last row) and no value is read
-    back from the tensors inside the K-loop (Tensor.item / __float__ are never called)."""
+    back from the tensors inside the K-loop (Tensor.item / tolist / __float__ / __bool__ are
+    never called)."""
     net, x, y = small("vgg5")
     kw = dict(scheme="forward", beta=0.05, iterations=5, accumulate=False)
     traced = ep.estimate(net, x, y, **kw).trace.phases[0]
@@ -215,9 +218,10 @@ def test_trace_off_measures_only_the_last_iteration(monkeypatch):
         return real_step(self, measure)
     monkeypatch.setattr(NudgedPhase, "step", step)
     reads = []
-    real_float = torch.Tensor.__float__
-    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.append(len(measured))
-                        or real_float(t))
+    for name in ("__float__", "item", "tolist", "__bool__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda t, *a, _real=real: reads.append(len(measured)) or _real(t, *a))
     quiet = ep.estimate(net, x, y, trace=False, **kw).trace.phases[0]
     assert measured == [False] * 4 + [True]
     assert all(n in (0, 5) for n in reads)     # reads only before and after the loop
@@ -266,3 +270,24 @@ def test_fused_elementwise_equals_eager():
         fused = ep.estimate(net, x, y, fused=True, **kw).grads
         for n in eager:
             assert torch.allclose(fused[n], eager[n], rtol=1e-5, atol=1e-7 * eager[n].abs().max())
+
+
+def test_strict_mode_after_a_user_chose_the_matmul_precision_level():
+    """Oracle: torch's own switches — a level set with torch.set_float32_matmul_precision
+    ("high", common in user scripts) is overridden to IEEE inside a strict estimate (no mix of
+    torch's legacy and per-operator TF32 settings) and is the same level afterwards."""
+    if not eq._switches():
+        pytest.skip("torch < 2.9 has no fp32_precision switches (legacy CUDA flags only)")
+    level = torch.get_float32_matmul_precision()
+    net, x, y = small("mlp", dtype=torch.float32)
+    inside = []
+    net.layers[0].register_forward_hook(lambda *_: inside.append(eq.fp32_math()))
+    try:
+        torch.set_float32_matmul_precision("high")
+        ep.estimate(net, x, y, scheme="bp", precision="strict")
+        ep.estimate(net, x, y, scheme="centered", beta=0.05, iterations=2, precision="strict")
+        assert inside and all(set(s.values()) == {"ieee"} for s in inside)
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.allow_tf32      # legacy view agrees, no mixing error
+    finally:
+        torch.set_float32_matmul_precision(level)

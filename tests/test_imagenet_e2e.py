@@ -19,7 +19,7 @@ def test_archives_to_vgg10_training(tmp_path):
     on the result trains one epoch of centered EP at 32×32 with 2 loader workers and writes an
     epoch row whose top-1/top-5 errors are fractions of the 6 val images (k/6, top-5 ≤ top-1)
     and a finite training loss, and a model with one output per prepared class."""
-    train = pytest.importorskip("workbench.train", reason="workbench/train.py is not in the tree")
+    from workbench import train
     from workbench.runfolder import CHECKPOINT
 
     src, dest, run_dir = tmp_path / "archives", tmp_path / "imagenet", tmp_path / "run"

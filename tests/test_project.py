@@ -25,7 +25,7 @@ def test_environment_yml_matches_pyproject():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     deps = env["dependencies"]
     py = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
-    assert meta["requires-python"] == ">=3.10" and py == "python=3.11"
+    assert meta["requires-python"] == ">=3.11" and py == "python=3.11"
     pip = next(d["pip"] for d in deps if isinstance(d, dict))
     pins = [line.strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")]
@@ -63,6 +63,10 @@ def test_console_script_and_module_entry_point():
     bad = subprocess.run([sys.executable, "-m", "workbench", "gradcheck", "--scheme", "sideways"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr and "centered" in bad.stderr
+    neg = subprocess.run([sys.executable, "-m", "workbench", "gradcheck", "--beta", "-1"],
+                         capture_output=True, text=True)
+    assert neg.returncode == 2 and "beta must be > 0" in neg.stderr
+    assert "Traceback" not in neg.stderr
 
 
 def test_gradcheck_json_reports_every_layer():

@@ -194,6 +194,18 @@ def test_bad_inputs_raise_clear_errors():
     lab = widgets.Lab(batch_size=16)
     with pytest.raises(ValueError, match=r"batch index must lie in \[0, 4\)"):
         lab.batch("mlp 128-64", 4)
+    with pytest.raises(ValueError, match="accepted: forward, backward, centered, random"):
+        widgets.EnergyExplorer(scheme="bp")
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+        widgets.EnergyExplorer(beta=0.0)
+
+
+def test_sliders_hold_the_values_asked_for():
+    """oracle: the constructor's arguments — β and K outside the sliders' default ranges are
+    shown and used as given (a slider would otherwise clamp them silently)."""
+    ex = widgets.EnergyExplorer(beta=5e-6, iterations=100)
+    assert ex.controls["beta"].value == pytest.approx(5e-6)
+    assert ex.controls["iterations"].value == 100
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,10 @@ from typing import Optional
 
 import torch
 
-from .energy import check_cost, cost
-from .equilibrate import (ORDERS, UPDATES, FreeState, NudgedPhase, Precision, Trace, _LayerOps,
-                          free_phase, precision_context)
+from . import energy
+from .energy import check_cost
+from .equilibrate import (ORDERS, UPDATES, NudgedPhase, Precision, Trace, _LayerOps, free_phase,
+                          precision_context)
 
 SCHEMES = ("forward", "backward", "centered", "random")
 ALL_SCHEMES = SCHEMES + ("bp",)
@@ -76,6 +77,8 @@ def check_batch(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     if x.device != p.device or y.device != p.device:
         raise ValueError(f"x ({x.device}) and y ({y.device}) must be on the model's device "
                          f"({p.device})")
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one example, got an empty batch")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= net.num_classes):
         raise ValueError(f"labels must lie in [0, {net.num_classes}), got range "
                          f"[{int(y.min())}, {int(y.max())}]")
@@ -110,7 +113,7 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
             logits = logits.float()
         else:
             logits = net(x)
-        loss = cost(cost_name, logits, y).mean()
+        loss = energy.cost(cost_name, logits, y).mean()
         gs = torch.autograd.grad(loss, params)
     names = [n for n, _ in net.named_parameters()]
     return dict(zip(names, gs)), float(loss.detach()), logits.detach()
@@ -158,7 +161,8 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
                              f"with -beta), got {beta!r}")
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
+    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
+                            or not tol >= 0):
         raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
     x, y = check_batch(net, x, y)
     if isinstance(signs, torch.Tensor):
@@ -194,7 +198,7 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
             sign_list = {"forward": [1.0], "backward": [-1.0], "centered": [1.0, -1.0]}[scheme]
             sign_list = [torch.full((n,), s, dtype=sdt, device=dev) for s in sign_list]
         totals: dict[int, list] = {}
-        tr = Trace(free_cost=float(cost_mean(free, y, cost)))
+        tr = Trace(free_cost=float(energy.cost(cost, free.logits, y).mean()))
         for s in sign_list:
             b = beta * s
             phase = NudgedPhase(net, free, ops, y, b.view(-1, 1), cost, update, order, fused)
@@ -214,10 +218,6 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
         grads = {name: grads[name] for name in names}
     _write_grads(net, grads, accumulate)
     return Estimate(grads, tr, tr.free_cost, free.logits.detach(), scheme, float(beta), iterations)
-
-
-def cost_mean(free: FreeState, y: torch.Tensor, cost_name: str) -> torch.Tensor:
-    return cost(cost_name, free.logits, y).mean()
 
 
 def compare(net, estimate_grads: dict, reference_grads: dict) -> list[dict]:

@@ -83,7 +83,7 @@ class Precision:
 
 # the switches that let fp32 convs / matmuls round to TF32 (or bf16 on oneDNN): torch >= 2.9
 # names them backend.op.fp32_precision; older versions only have the two CUDA allow_tf32 flags
-_FP32_SWITCHES = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")
+_FP32_SWITCHES = ("cuda.matmul", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul", "mkldnn.conv")
 
 
 def _switches() -> dict:
@@ -118,12 +118,23 @@ def precision_context(precision: Precision):
         return
     switches = _switches()
     if switches:
+        # the matmul precision level first (it also sets the matmul switch, so a level the
+        # user chose, e.g. "high", cannot disagree with it), then every switch; torch refuses
+        # to report a level when the user set the per-operator switches differently
+        try:
+            saved_level = torch.get_float32_matmul_precision()
+        except RuntimeError:
+            saved_level = None
         saved = {name: m.fp32_precision for name, m in switches.items()}
+        if saved_level is not None:
+            torch.set_float32_matmul_precision("highest")
         for m in switches.values():
             m.fp32_precision = "ieee"
         try:
             yield
         finally:
+            if saved_level is not None:
+                torch.set_float32_matmul_precision(saved_level)
             for name, m in switches.items():
                 m.fp32_precision = saved[name]
         return
@@ -221,9 +232,12 @@ class FreeState:
 @torch.no_grad()
 def free_phase(net, x: torch.Tensor, ops: list[_LayerOps], precision: Precision) -> FreeState:
     h, a, zc, idx = [x.to(precision.state)], [None], [None], [None]
-    for layer, op in zip(net.layers, ops):
+    for k, (layer, op) in enumerate(zip(net.layers, ops), start=1):
         out = op.apply(h[-1], bias=True, free=True)
         if layer.pool:
+            if out.shape[-1] % 2 or out.shape[-2] % 2:
+                raise ValueError(f"layer {k} max-pools a {out.shape[-2]}x{out.shape[-1]} map; the "
+                                 f"2x2 pool needs even sizes: choose another image size")
             pooled, i = F.max_pool2d(out, 2, 2, return_indices=True)
             zc.append(out.sub_(F.interpolate(pooled, scale_factor=2, mode="nearest")))
             a.append(pooled)
@@ -351,10 +365,9 @@ class NudgedPhase:
         self.L = len(net.layers)
         self._fx = _fused() if fused else _EAGER
         self.d: list[Opt] = [None] * (self.L + 1)       # deviations d_k, None == exactly zero
-        # cached at the current d_{k-1}: pre-activation deviation δa_k (None == zero), the
-        # pre-activation a⁰_k + δa_k (None until asked for) and the pooling indices
+        # cached at the current d_{k-1}: pre-activation deviation δa_k (None == zero) and the
+        # pooling indices
         self._da: list[Opt] = [None] * (self.L + 1)
-        self._a: list[Opt] = [None] * (self.L + 1)
         self._idx: list[Opt] = list(free.idx)
         self._fresh = [True] * (self.L + 1)             # is the cache valid for d[k-1]?
         top = [k for k in range(1, self.L + 1) if k % 2 == self.L % 2]
@@ -373,7 +386,6 @@ class NudgedPhase:
         """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (None when it is zero)."""
         if not self._fresh[k]:
             layer, d_in, free = self.net.layers[k - 1], self.d[k - 1], self.free
-            self._a[k] = None
             if d_in is None:
                 self._da[k], self._idx[k] = None, free.idx[k]
             else:
@@ -384,15 +396,6 @@ class NudgedPhase:
                     self._da[k] = dz
             self._fresh[k] = True
         return self._da[k]
-
-    def _pre(self, k: int) -> torch.Tensor:
-        """Current pre-activation ``a_k = a⁰_k + δa_k``."""
-        da = self.da(k)
-        if da is None:
-            return self.free.a[k]
-        if self._a[k] is None:
-            self._a[k] = self.free.a[k] + da
-        return self._a[k]
 
     def error(self, k: int) -> Opt:
         """``ε_k = d_k − (f_k(h_{k−1}) − h⁰_k)``, from deviations only (None when zero)."""

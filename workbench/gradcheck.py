@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 
@@ -60,7 +61,11 @@ def run(args) -> dict:
 
 
 def main(args) -> int:
-    out = run(args)
+    try:
+        out = run(args)
+    except ValueError as e:
+        print(f"workbench gradcheck: error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(out, indent=2))
         return 0

@@ -18,6 +18,7 @@ Build models by name with :func:`build`; every model takes the same signature.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Sequence
 
@@ -110,6 +111,8 @@ class PCN(nn.Module):
 # initialisation (METHOD.md §4): uniform(-b, b) with b = gain * sqrt(1 / fan)
 # ---------------------------------------------------------------------------------------------
 def _init_layer(layer: PCNLayer, gain: float, conv_fan: str) -> None:
+    if conv_fan not in ("fan_in", "fan_out"):
+        raise ValueError(f"conv_fan must be 'fan_in' or 'fan_out', got {conv_fan!r}")
     w = layer.weight
     receptive = w[0, 0].numel() if w.dim() == 4 else 1
     fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
@@ -211,7 +214,6 @@ def build(name: str, num_classes: int = 10, in_channels: int = 1, image_size: in
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{arg} must be a positive integer, got {v!r}")
     fn = _REGISTRY[name]
-    import inspect
     accepted = [p.name for p in inspect.signature(fn).parameters.values()
                 if p.kind == p.KEYWORD_ONLY]
     unknown = sorted(set(overrides) - set(accepted))

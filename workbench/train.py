@@ -301,7 +301,7 @@ class Trainer:
                               / max(len(phases), 1)], device=self.device)
         grads = [p.grad for p in self.params]
         self.dist.average(grads + [stats])
-        grad_sq = torch.stack([g.double().pow(2).sum() for g in grads]).sum()
+        grad_sq = torch.stack([torch.linalg.vector_norm(g) for g in grads]).pow(2).sum()
         loss, energy, change = stats.tolist()
         for what, value in (("training loss", loss), ("final energy", energy),
                             ("gradient norm", float(grad_sq.sqrt()))):
@@ -424,7 +424,9 @@ class Trainer:
             acc["steps"] += 1
             self.progress.step(self.step - epoch * spe, loss, self.opt.param_groups[0]["lr"])
             if cfg.probe_every and self.step % cfg.probe_every == 0:
+                acc["seconds"] += time.perf_counter() - tick      # images/s excludes the probe
                 self.probe()
+                tick = time.perf_counter()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 \
                     and self.step % spe:
                 acc["seconds"] += time.perf_counter() - tick

@@ -211,16 +211,25 @@ class _Explorer(W.VBox):
     """Controls shared by both explorers; subclasses add theirs and implement ``redraw``."""
 
     def __init__(self, lab: Lab, beta: float, iterations: int, extra: dict):
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
         self.lab = lab
         first = next(iter(lab.models))
+        # the sliders span at least 1e-4..1 and 1..60, widened to hold the values asked for
+        # (a slider would silently clamp them)
+        log_beta = math.log10(beta)
         self.controls = {
             "model": W.Dropdown(options=list(lab.models), value=first, description="model"),
             "batch": W.IntSlider(value=0, min=0, max=lab.num_batches - 1, description="batch",
                                  continuous_update=False),
-            "beta": W.FloatLogSlider(value=beta, base=10, min=-4, max=0, step=0.1,
+            "beta": W.FloatLogSlider(value=beta, base=10, min=min(-4, math.floor(log_beta)),
+                                     max=max(0, math.ceil(log_beta)), step=0.1,
                                      description="β", readout_format=".2g",
                                      continuous_update=False),
-            "iterations": W.IntSlider(value=iterations, min=1, max=60, description="K",
+            "iterations": W.IntSlider(value=iterations, min=1, max=max(60, iterations),
+                                      description="K",
                                       continuous_update=False),
             "update": W.Dropdown(options=list(UPDATES), value="mod_pgd", description="update"),
             "order": W.Dropdown(options=list(ORDERS), value="async", description="order"),
@@ -292,6 +301,8 @@ class EnergyExplorer(_Explorer):
     def __init__(self, models=None, data=None, *, batch_size: int = 16, cost: str = "ce",
                  beta: float = 0.05, iterations: int = 10, scheme: str = "centered",
                  dtype: torch.dtype = torch.float64, seed: int = 0):
+        if scheme not in ep.SCHEMES:
+            raise ValueError(f"unknown scheme {scheme!r}; accepted: {', '.join(ep.SCHEMES)}")
         extra = {
             "scheme": W.Dropdown(options=list(ep.SCHEMES), value=scheme, description="scheme"),
             "phase": W.Dropdown(options=[("+β", 0)], value=0, description="phase"),
