@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from data_prep.files import remove_stale_temporaries, write_atomic
+
 __all__ = ["RunFolder", "config_diff", "atomic_write", "hardware", "cpu_name", "git_commit"]
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", \
@@ -28,13 +30,10 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync it, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Call ``write(file)`` on a temp file beside ``path``, fsync it, rename it over ``path``
+    (data_prep's :func:`~data_prep.files.write_atomic`, which removes the temp file on failure),
+    then fsync the folder so that the rename itself survives a crash."""
+    write_atomic(path, write)
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -96,6 +95,7 @@ class RunFolder:
         if not self.writer:
             return
         self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.path)              # of a write that a kill interrupted
         if not self.file(CONFIG).exists():
             atomic_write(self.file(CONFIG), lambda f: f.write(_json_bytes(config)))
         metrics = self.file(METRICS)

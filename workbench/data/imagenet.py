@@ -42,10 +42,10 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .images import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .locate import DatasetNotFoundError, search_roots
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 SPLITS = ("train", "val")
 DECODES = ("cpu", "device")
 NORMALIZES = ("device", "worker")
@@ -78,9 +78,7 @@ class Normalize:
     images' device."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
-        std = torch.tensor(STD, device=x.device).view(3, 1, 1)
-        return (x.float() / 255 - mean) / std
+        return normalize(x, MEAN, STD)
 
 
 class DeviceDecode:

@@ -15,14 +15,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .images import ImageDataset
+from .images import IMAGENET_MEAN, IMAGENET_STD, ImageDataset
 from .locate import DatasetNotFoundError, find_dir, search_roots
 
 __all__ = ["build_imagenet32", "TRAIN_FILES", "VAL_FILE", "MEAN", "STD"]
 
 TRAIN_FILES = tuple(f"train_data_batch_{i}.npz" for i in range(1, 11))
 VAL_FILE = "val_data.npz"
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 CROP_PADDING = 4
 
 

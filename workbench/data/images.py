@@ -19,7 +19,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ["ImageDataset", "augment_params"]
+__all__ = ["ImageDataset", "augment_params", "normalize", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 images ``(…, C, H, W)`` on any device → float32 ``(x/255 − mean)/std`` per channel."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    return (x.float().div_(255) - m) / s
 
 
 def augment_params(seeds: torch.Tensor, crop_padding: int) -> tuple[torch.Tensor, ...]:
@@ -100,6 +111,4 @@ class ImageDataset(Dataset):
 
     def device_transform(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 batch on any device → float32 ``(x/255 − mean)/std``, same shape."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float().div_(255) - mean) / std
+        return normalize(x, self.mean, self.std)
