@@ -26,7 +26,6 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from typing import Callable
@@ -333,11 +332,7 @@ def run(args) -> dict:
 
 
 def main(args) -> int:
-    try:
-        out = run(args)
-    except ValueError as e:
-        print(f"workbench bench: error: {e}", file=sys.stderr)
-        return 2
+    out = run(args)
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:

@@ -1,7 +1,8 @@
 """The ``workbench`` command line: one sub-command per module.
 
 Each sub-command lives in its own module, which provides ``add_arguments(parser)`` and
-``main(args) -> int``; modules are imported only when their sub-command runs.
+``main(args) -> int``; modules are imported only when their sub-command runs. A ``ValueError``
+or ``FileNotFoundError`` from a sub-command (bad input) is printed as one line, exit status 2.
 """
 from __future__ import annotations
 
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return int(modules[args.command].main(args) or 0)
+    try:
+        return int(modules[args.command].main(args) or 0)
+    except (ValueError, FileNotFoundError) as e:      # bad input: a message, not a traceback
+        print(f"workbench {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
