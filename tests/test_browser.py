@@ -155,6 +155,15 @@ def drag_beta_slider(page, url: str) -> tuple:
     page.mouse.down()
     page.mouse.move(x - 30, y, steps=10)
     page.mouse.up()
-    page.wait_for_function(f"() => JSON.stringify(({PLOT_DATA})()[0]) !== "
-                           f"{json.dumps(json.dumps(before[0]))}")
-    return before, page.evaluate(PLOT_DATA), start, readout.inner_text()
+    # the redraw replaces the traces (the plot may be empty or half-drawn for a moment): wait for
+    # six new traces, then until two reads half a second apart agree
+    page.wait_for_function(f"() => {{ const d = ({PLOT_DATA})()[0]; return d.length >= 6 && "
+                           f"JSON.stringify(d) !== {json.dumps(json.dumps(before[0]))}; }}")
+    after = page.evaluate(PLOT_DATA)
+    for _ in range(60):
+        page.wait_for_timeout(500)
+        again = page.evaluate(PLOT_DATA)
+        if again == after:
+            break
+        after = again
+    return before, after, start, readout.inner_text()
