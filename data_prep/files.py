@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 CHUNK = 1 << 20
+# ILSVRC2012 as distributed (and its 32×32 downsampled copy): images and classes per split
+EXPECTED = {"train images": 1_281_167, "train classes": 1000,
+            "val images": 50_000, "val classes": 1000}
 
 
 class PrepError(ValueError):

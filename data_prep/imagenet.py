@@ -45,8 +45,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .files import (PrepError, count_problems, remove_stale_temporaries, report_counts,
-                    write_atomic)
+from .files import (EXPECTED, PrepError, count_problems, remove_stale_temporaries,
+                    report_counts, write_atomic)
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
@@ -54,8 +54,6 @@ DEVKIT = "ILSVRC2012_devkit_t12"
 KAGGLE = Path("ILSVRC", "Data", "CLS-LOC")
 KAGGLE_VAL_CSV = "LOC_val_solution.csv"
 KAGGLE_SYNSETS = "LOC_synset_mapping.txt"
-EXPECTED = {"train images": 1_281_167, "train classes": 1000,
-            "val images": 50_000, "val classes": 1000}
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 PROGRESS = ".progress"

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import PrepError, count_problems, report_counts, sha256_file, write_atomic
+from .files import (EXPECTED, PrepError, count_problems, report_counts, sha256_file,
+                    write_atomic)
 
 TRAIN_FILES = tuple(f"train_data_batch_{i}.npz" for i in range(1, 11))
 VAL_FILES = ("val_data.npz",)
 ARCHIVES = {"Imagenet32_train_npz.zip": TRAIN_FILES, "Imagenet32_val_npz.zip": VAL_FILES}
-EXPECTED = {"train images": 1_281_167, "train classes": 1000,
-            "val images": 50_000, "val classes": 1000}
 MANIFEST = "imagenet32_manifest.json"
 
 
