@@ -1,27 +1,47 @@
-"""Issue 6's GPU checks in one process: fidelity, speed and memory of EP beside BP, one table.
+"""The GPU checks in one process: correctness on CUDA, speed, fidelity, memory, a profile and
+real training, printed as one table (the JSON goes to ``$OUT``).
 
-Run it through ``bench/gpu_check.sh`` (see ``--help``). On one H100 the default plan takes about
-5–8 minutes; sections that would start after ``--budget-s`` seconds are skipped with a note, and
+Run it through ``bench/gpu_check.sh`` (see ``--help``). On one H200 the default plan takes about
+7 minutes; sections that would start after ``--budget-s`` seconds are skipped with a note, and
 a section that fails (e.g. out of memory) is recorded and the next one runs.
 
-Sections (VGG10 at 224×224, 1000 classes, K = 10, synthetic data, seeded):
+Sections, in the default order (VGG10 at 224×224, 1000 classes, K = 10, synthetic data, seeded,
+unless said otherwise):
 
+* ``tests``     ``pytest -m gpu``: strict fp32 on CUDA against float64 on the CPU, the fidelity
+  rule on small models, device JPEG decode against the CPU path, exact resume on CUDA.
+* ``speed``     batch 128; BP and the EP schemes, strict (fp32, TF32 off) and fast (BP: bf16
+  autocast + channels_last; EP: bf16 convs on fp32 deviations); images/s, EP/BP time, peak
+  memory, and the targets (centered ≥ 600 img/s, one-phase schemes ≥ 1,100 img/s, EP/BP ≤ 12×).
+* ``profile``   where one centered step's device time goes (fast and strict, batch 128):
+  convolutions / matmuls / pooling / casts / elementwise, the device idle between launches,
+  and the top operators by self time.
 * ``fidelity``  batch 16; per layer, cos(EP, EP_float64 of the same estimator) for β ∈ {0.05,
   0.005, 0.0005} in fast and strict precision, beside cos(BP, BP_float64) in the same precision;
   the rule cos(EP_fast, EP_f64) ≥ cos(BP_bf16, BP_f64) − 0.002 per layer.
-* ``speed``     batch 128; bp and the four schemes, strict and fast; images/s, EP/BP time, and
-  the targets (centered ≥ 600 img/s, one-phase schemes ≥ 1,100 img/s, EP/BP ≤ 12×).
-* ``memory``    centered EP at batch 64, 128, 256: peak memory (fits in 80 GB?).
-* ``profile``   where one centered step's device time goes (fast and strict, batch 128): the
-  top operators by self time, for closing whatever gap the speed section shows.
-* ``fused``     (only with ``--fused``) the speed section's fast runs with ``fused=True``.
+* ``memory``    centered EP at batch 64, 128, 256: peak memory.
+* ``train``     vgg5 (the paper's fan_in initialisation) on Fashion-MNIST, centered EP (β =
+  0.02, K = 5) and BP, cross-entropy, batch 64, each time-boxed (``--train-seconds``): a
+  short calibration run sets the number of epochs (or training images) that fits; test error
+  and images/s. Needs the four IDX files under ``--data-root``.
+* ``fused``     the speed section's fast runs with ``fused=True`` (torch.compile), beside BP.
+* ``profile-fused``  the profile of centered fast EP with ``fused=True``.
+* ``fidelity-fused`` the fidelity rule for fast EP with ``fused=True`` (centered, random,
+  forward), with the free phase's fp32 convolutions under PyTorch's default (TF32 on CUDA)
+  and with TF32 off (``Precision.free_ieee``, the default).
+* ``convs``     the rounding of single fp32 convolutions on CUDA in strict mode (cuDNN's
+  choice, benchmark, deterministic) and with TF32, against float64.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,14 +52,22 @@ from workbench import bench
 FULL = dict(model="vgg10", image_size=224, in_channels=3, num_classes=1000, overrides={},
             iterations=10, betas=(0.05, 0.005, 0.0005), fidelity_batch=16,
             fidelity_schemes=("centered", "random"), speed_batch=128,
-            algorithms=("bp", "forward", "backward", "centered", "random"),
-            precisions=("strict", "fast"), memory_batches=(64, 128, 256), warmup=2, repeats=3)
+            algorithms=("infer", "bp", "forward", "centered", "random"),
+            precisions=("strict", "fast"), memory_batches=(64, 128, 256), warmup=2, repeats=3,
+            train=dict(dataset="fashion-mnist", model="vgg5", image_size=32,
+                       model_args={"conv_fan": "fan_in"}, batch_size=64, beta=0.02,
+                       iterations=5, lr=0.01, workers=4, limit_test=None, calibration_steps=40))
 SMOKE = {**FULL, "image_size": 32, "num_classes": 10, "iterations": 6,
          "overrides": dict(channels=(4, 4, 6, 6, 8, 8, 8, 8), dense=16), "fidelity_batch": 4,
-         "speed_batch": 4, "memory_batches": (2, 4), "warmup": 1, "repeats": 1}
+         "speed_batch": 4, "memory_batches": (2, 4), "warmup": 1, "repeats": 1,
+         "train": dict(dataset="synthetic", model="mlp", image_size=8,
+                       model_args={"widths": [16]}, batch_size=16, beta=0.05, iterations=3,
+                       lr=0.05, workers=0, limit_test=64, calibration_steps=3)}
 TARGETS = {"centered": 600.0, "forward": 1100.0, "backward": 1100.0, "random": 1100.0}
 MAX_RATIO = 12.0
-SECTIONS = ("fidelity", "speed", "memory", "profile", "fused")
+SECTIONS = ("tests", "speed", "profile", "fidelity", "memory", "train", "fused",
+            "profile-fused", "fidelity-fused", "convs")
+DEFAULT_SECTIONS = ("tests", "speed", "profile", "fidelity", "memory", "train")
 
 
 def parse(argv):
@@ -49,12 +77,16 @@ def parse(argv):
                "--cpu-smoke; exits 1 with a message when no GPU is visible.")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny CPU dry run of every section (seconds; what CI runs)")
-    p.add_argument("--sections", nargs="+", default=["speed", "fidelity", "memory", "profile"],
-                   choices=SECTIONS, help="run in this order (default: speed fidelity memory "
-                   "profile; speed first because it is the cheapest)")
-    p.add_argument("--fused", action="store_true", help="also run the 'fused' section")
-    p.add_argument("--budget-s", type=float, default=450.0,
-                   help="skip sections that would start later than this (default 450)")
+    p.add_argument("--sections", nargs="+", default=list(DEFAULT_SECTIONS), choices=SECTIONS,
+                   help=f"run in this order (default: {' '.join(DEFAULT_SECTIONS)})")
+    p.add_argument("--fused", action="store_true", help="also run the 'fused' section (last)")
+    p.add_argument("--budget-s", type=float, default=420.0,
+                   help="skip sections that would start later than this (default 420)")
+    p.add_argument("--train-seconds", type=float, default=70.0,
+                   help="time box of each training run of the 'train' section (default 70)")
+    p.add_argument("--data-root", default="data",
+                   help="where the 'train' section finds Fashion-MNIST (default: ./data; "
+                   "copy the four IDX .gz files to data/fashion-mnist/)")
     p.add_argument("--out", default=os.environ.get("OUT"),
                    help="folder for gpu_check.json (default: $OUT)")
     return p.parse_args(argv)
@@ -78,12 +110,152 @@ def speed_section(cfg, device, fused=False):
                            repeats=cfg["repeats"], fused=fused) for p in precisions}
 
 
-def profile_section(cfg, device):
+def convs_section(cfg, device):
+    """Rounding of single fp32 convolutions and transposed convolutions on CUDA against float64
+    on the CPU, for vgg5's full-width layer shapes (batch 8, 32 px): strict mode as it is
+    (cuDNN's heuristic choice), with cudnn.benchmark on, with cudnn.deterministic, and with
+    TF32 on (PyTorch's default for convolutions), as ‖out − ref‖ / ‖ref‖."""
+    from workbench.equilibrate import ieee_fp32
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 128, 32), (128, 256, 32), (256, 512, 16), (512, 512, 8), (512, 512, 4)]
+    modes = {"strict": dict(), "strict+benchmark": dict(benchmark=True),
+             "strict+deterministic": dict(deterministic=True), "tf32": dict(tf32=True)}
+    out = {}
+    for cin, cout, size in shapes:
+        x = torch.randn(8, cin, size, size, generator=g, dtype=torch.float64)
+        w = torch.randn(cout, cin, 3, 3, generator=g, dtype=torch.float64) / (cin * 9) ** 0.5
+        gy = torch.randn(8, cout, size, size, generator=g, dtype=torch.float64)
+        ref = torch.nn.functional.conv2d(x, w, padding=1)
+        reft = torch.nn.functional.conv_transpose2d(gy, w, padding=1)
+        row = {}
+        for mode, opt in modes.items():
+            saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+            torch.backends.cudnn.benchmark = opt.get("benchmark", False)
+            torch.backends.cudnn.deterministic = opt.get("deterministic", False)
+            try:
+                ctx = contextlib.nullcontext() if opt.get("tf32") else ieee_fp32()
+                with ctx:
+                    xf, wf, gf = (t.float().to(device) for t in (x, w, gy))
+                    if opt.get("tf32"):
+                        torch.backends.cudnn.allow_tf32 = True
+                    y = torch.nn.functional.conv2d(xf, wf, padding=1).double().cpu()
+                    yt = torch.nn.functional.conv_transpose2d(gf, wf, padding=1).double().cpu()
+            finally:
+                torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+            row[mode] = [float((y - ref).norm() / ref.norm()), float((yt - reft).norm()
+                                                                     / reft.norm())]
+        out[f"{cin}->{cout} @{size}"] = row
+    return out
+
+
+def fidelity_fused_section(cfg, device, variants=("default",)):
+    """The fidelity rule and the centered speed of fast EP with ``fused=True``, per variant of
+    the free phase's fp32 maps: ``default`` (TF32 off, ``Precision.free_ieee``) and ``tf32``
+    (PyTorch's setting, TF32 on for cuDNN)."""
+    import dataclasses
+    from unittest import mock
+
+    from workbench.equilibrate import Precision
+
+    net, x, y = bench.make_batch(cfg["model"], cfg["image_size"], cfg["in_channels"],
+                                 cfg["num_classes"], cfg["fidelity_batch"], device,
+                                 **cfg["overrides"])
+    out = {}
+    make = Precision.make
+
+    def tf32(name, dtype, dev):
+        p = make(name, dtype, dev)
+        return dataclasses.replace(p, free_ieee=False) if name == "fast" else p
+
+    for variant in variants:
+        with mock.patch.object(Precision, "make", staticmethod(tf32 if variant == "tf32"
+                                                               else make)):
+            out[variant] = bench.fidelity(
+                net, x, y, ("centered", "random", "forward"), precisions=("fast",),
+                betas=cfg["betas"], iterations=cfg["iterations"], fused=True)
+            big = bench.make_batch(cfg["model"], cfg["image_size"], cfg["in_channels"],
+                                   cfg["num_classes"], cfg["speed_batch"], device,
+                                   **cfg["overrides"])
+            out[variant]["speed"] = bench.speed(*big, ["bp", "centered"], precision="fast",
+                                                iterations=cfg["iterations"], warmup=1,
+                                                repeats=cfg["repeats"], fused=True)
+            del big
+    return out
+
+
+def profile_section(cfg, device, fused=False):
     net, x, y = bench.make_batch(cfg["model"], cfg["image_size"], cfg["in_channels"],
                                  cfg["num_classes"], cfg["speed_batch"], device,
                                  **cfg["overrides"])
-    return {p: bench.profile(net, x, y, "centered", precision=p, iterations=cfg["iterations"])
-            for p in cfg["precisions"]}
+    precisions = ("fast",) if fused else cfg["precisions"]
+    return {p: bench.profile(net, x, y, "centered", precision=p, iterations=cfg["iterations"],
+                             fused=fused) for p in precisions}
+
+
+def tests_section(cfg, device, out_dir):
+    """``pytest -m gpu`` in a subprocess (on the CPU smoke run: collection only)."""
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q",
+           "-p", "no:cacheprovider", "-o", "addopts="]
+    if device.type != "cuda":
+        cmd.append("--collect-only")
+    start = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    text = r.stdout + r.stderr
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "gpu_tests.log").write_text(text)
+    last = [line for line in text.strip().splitlines() if line.strip()][-1:] or [""]
+    return {"returncode": r.returncode, "summary": last[0], "seconds": time.monotonic() - start,
+            "failures": [line for line in text.splitlines()
+                         if line.startswith(("FAILED", "ERROR", "E   "))][:40]}
+
+
+def train_section(cfg, device, data_root, seconds):
+    """Centered EP and BP, each time-boxed: a calibration run (``calibration_steps`` steps,
+    one epoch, no probe) measures images/s; the real run gets the epochs — or, when not even
+    one fits, the first training images — that fit in ``seconds`` at that rate, with its whole
+    cosine schedule."""
+    from workbench import train
+
+    t = cfg["train"]
+    out = {"time_box_s": seconds}
+    with tempfile.TemporaryDirectory() as tmp:
+        for algorithm in ("ep", "bp"):
+            base = dict(dataset=t["dataset"], data_root=data_root, model=t["model"],
+                        image_size=t["image_size"], model_args=t["model_args"],
+                        algorithm=algorithm, scheme="centered", beta=t["beta"],
+                        iterations=t["iterations"], cost="ce", batch_size=t["batch_size"],
+                        lr=t["lr"], workers=t["workers"], device=device.type,
+                        progress="none", probe_every=0, download=False,
+                        limit_test=t["limit_test"])
+            calib = train.run({**base, "epochs": 1,
+                               "limit_train": t["batch_size"] * t["calibration_steps"],
+                               "run_dir": f"{tmp}/{algorithm}-calibration"})
+            rate = json.loads(Path(calib["run_dir"], "metrics.jsonl").read_text()
+                              .splitlines()[-1])["images_per_second"]
+            n_train = len(__import__("workbench").data.build(
+                t["dataset"], "train", data_root=data_root, image_size=t["image_size"],
+                download=False))
+            fit = rate * seconds
+            epochs = max(1, math.floor(fit / n_train))
+            limit = None if fit >= n_train else max(t["batch_size"],
+                                                    int(fit) // t["batch_size"] * t["batch_size"])
+            summary = train.run({**base, "epochs": epochs, "limit_train": limit,
+                                 "run_dir": f"{tmp}/{algorithm}"})
+            epochs_rows = [json.loads(line) for line in
+                           Path(summary["run_dir"], "metrics.jsonl").read_text().splitlines()]
+            epochs_rows = [r for r in epochs_rows if r["type"] == "epoch"]
+            out[algorithm] = {
+                "calibration_images_per_s": rate, "epochs": epochs,
+                "train_images": summary["train_examples"],
+                "test_images": summary["test_examples"],
+                "test_top1_error": summary["test_top1_error"],
+                "train_loss": summary["train_loss"],
+                "images_per_s": sum(r["images_per_second"] for r in epochs_rows)
+                / len(epochs_rows),
+                "wall_s": summary["wall_time_seconds"], "per_epoch": epochs_rows}
+    return out
 
 
 def memory_section(cfg, device):
@@ -116,8 +288,12 @@ def _row(label, values, fmt="{:.4f}"):
 
 def table(report) -> str:
     cfg = report["config"]
-    lines = [f"issue 6 GPU check: {cfg['model']} {cfg['image_size']}px, K={cfg['iterations']}, "
+    lines = [f"GPU check: {cfg['model']} {cfg['image_size']}px, K={cfg['iterations']}, "
              f"{report['environment']['hardware']}, torch {report['environment']['torch']}"]
+    tests = report["sections"].get("tests")
+    if isinstance(tests, dict) and "error" not in tests:
+        lines.append(f"\ntests (pytest -m gpu): {tests['summary']}")
+        lines += [f"  {line[:150]}" for line in tests["failures"][:12]]
     fid = report["sections"].get("fidelity")
     if isinstance(fid, dict) and "betas" in fid:
         n = len(next(iter(fid["bp"].values())))
@@ -131,6 +307,28 @@ def table(report) -> str:
                 for p, r in by_p.items():
                     verdict = "" if p != "fast" else ("  PASS" if r["pass"] else "  FAIL")
                     lines.append(_row(f"EP {scheme} b={beta} {p}", r["cosine"]) + verdict)
+    ff = report["sections"].get("fidelity-fused")
+    if isinstance(ff, dict) and "error" not in ff:
+        for variant, res in ff.items():
+            sp = res.get("speed", {}).get("centered", {})
+            lines.append(f"\nfidelity-fused, free phase {variant}: cosine with float64, "
+                         f"BP fast {' '.join(f'{c:.4f}' for c in res['bp']['fast'])}; centered "
+                         f"batch {cfg['speed_batch']}: {sp.get('images_per_s', 0):.1f} img/s, "
+                         f"{sp.get('time_vs_bp', 0):.2f}x BP")
+            for beta, rows in res["betas"].items():
+                for scheme, by_p in rows.items():
+                    r = by_p["fast"]
+                    lines.append(_row(f"EP {scheme} b={beta}", r["cosine"])
+                                 + ("  PASS" if r["pass"] else "  FAIL min margin "
+                                    f"{min(m for m in r['margin'] if m is not None):.4f}"))
+    cv = report["sections"].get("convs")
+    if isinstance(cv, dict) and "error" not in cv:
+        modes = list(next(iter(cv.values())))
+        lines.append("\nconvs: rel. error of one fp32 conv / transposed conv against float64, "
+                     "per mode: " + ", ".join(modes))
+        for shape, row in cv.items():
+            lines.append(f"  {shape:<16} " + "  ".join(f"{row[m][0]:.1e}/{row[m][1]:.1e}"
+                                                      for m in modes))
     for name in ("speed", "fused"):
         sp = report["sections"].get(name)
         if not isinstance(sp, dict) or "error" in sp:
@@ -150,14 +348,34 @@ def table(report) -> str:
             lines.append(f"  {key:<20} " + (r["error"] if "error" in r else
                                              f"peak {_gib(r['peak_memory_mib'])} GiB, "
                                              f"{r['images_per_s']:.1f} img/s"))
-    prof = report["sections"].get("profile")
-    if isinstance(prof, dict) and "error" not in prof:
+    for name in ("profile", "profile-fused"):
+        prof = report["sections"].get(name)
+        if not isinstance(prof, dict) or "error" in prof:
+            continue
         for p, r in prof.items():
-            lines.append(f"\nprofile, centered EP {p}, batch {cfg['speed_batch']}: "
-                         f"{r['total_ms']:.1f} ms of {r['clock']} time by operator")
+            lines.append(f"\n{name}, centered EP {p}, batch {cfg['speed_batch']}: "
+                         f"{r['total_ms']:.1f} ms of {r['clock']} time"
+                         + (f"; step {r['wall_ms']:.1f} ms on the host clock, kernels span "
+                            f"{r['span_ms']:.1f} ms, busy {r['busy_ms']:.1f} ms, idle gaps "
+                            f"{r['gaps_ms']:.1f} ms, {r['kernels']} kernels"
+                            if "gaps_ms" in r else ""))
+            for label, c in r["categories"].items():
+                lines.append(f"  {label:<24} {c['ms']:>9.2f} ms {100 * c['share']:>5.1f}%")
+            lines.append("  top operators by self time:")
             for op in r["ops"]:
                 lines.append(f"  {op['name'][:44]:<44} {op['calls']:>6} calls {op['ms']:>9.2f} ms "
                              f"{100 * op['share']:>5.1f}%")
+    tr = report["sections"].get("train")
+    if isinstance(tr, dict) and "error" not in tr:
+        t = cfg["train"]
+        lines.append(f"\ntrain, {t['model']} on {t['dataset']}, batch {t['batch_size']}, "
+                     f"time box {tr['time_box_s']:.0f} s each:")
+        for a in ("ep", "bp"):
+            if a in tr:
+                r = tr[a]
+                lines.append(f"  {a:<3} {r['epochs']:>3} epochs x {r['train_images']:>6} images: "
+                             f"test top-1 error {100 * r['test_top1_error']:.2f} %, "
+                             f"{r['images_per_s']:.0f} img/s, {r['wall_s']:.0f} s")
     for name, sec in report["sections"].items():
         if isinstance(sec, dict) and "error" in sec:
             lines.append(f"\n{name}: {sec['error']}")
@@ -196,14 +414,27 @@ def main(argv=None) -> int:
         torch.backends.cudnn.benchmark = True
     sections = list(args.sections) + (["fused"] if args.fused and "fused" not in args.sections
                                       else [])
-    run = {"fidelity": lambda: fidelity_section(cfg, device),
+    run = {"tests": lambda: tests_section(cfg, device, args.out),
+           "train": lambda: train_section(cfg, device, args.data_root, args.train_seconds
+                                          if device.type == "cuda" else 2.0),
+           "fidelity": lambda: fidelity_section(cfg, device),
            "speed": lambda: speed_section(cfg, device),
            "memory": lambda: memory_section(cfg, device),
            "profile": lambda: profile_section(cfg, device),
-           "fused": lambda: speed_section(cfg, device, fused=True)}
+           "fused": lambda: speed_section(cfg, device, fused=True),
+           "profile-fused": lambda: profile_section(cfg, device, fused=True),
+           "fidelity-fused": lambda: fidelity_fused_section(cfg, device),
+           "convs": lambda: convs_section(cfg, device)}
     t0 = time.monotonic()
     report = {"config": {k: v for k, v in cfg.items()}, "environment": bench.environment(device),
               "sections": {}}
+    path = Path(args.out) / "gpu_check.json" if args.out else None
+
+    def save():
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(report, indent=2) + "\n")
+
     for name in sections:
         elapsed = time.monotonic() - t0
         if elapsed > args.budget_s:
@@ -214,16 +445,20 @@ def main(argv=None) -> int:
         try:
             report["sections"][name] = run[name]()
         except Exception as e:  # a failing section is reported; the next one still runs
-            report["sections"][name] = {"error": f"{type(e).__name__}: {e}"}
-        print(f"gpu_check: {name} took {time.monotonic() - start:.0f} s", file=sys.stderr)
+            import traceback
+            report["sections"][name] = {"error": f"{type(e).__name__}: {e}",
+                                        "traceback": traceback.format_exc()[-3000:]}
+        took = time.monotonic() - start
+        report.setdefault("section_seconds", {})[name] = round(took, 1)
+        print(f"gpu_check: {name} took {took:.0f} s", file=sys.stderr, flush=True)
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        report["seconds"] = time.monotonic() - t0
+        save()          # after every section: a run cut short still leaves what it measured
     report["seconds"] = time.monotonic() - t0
     print(table(report))
-    if args.out:
-        path = Path(args.out) / "gpu_check.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+    save()
+    if path is not None:
         print(f"wrote {path}")
     return 0
 

@@ -169,7 +169,7 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
     r = _script("--cpu-smoke", env={"OUT": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert set(report["sections"]) == {"fidelity", "speed", "memory", "profile"}
+    assert set(report["sections"]) == {"tests", "speed", "profile", "fidelity", "memory", "train"}
     for name, sec in report["sections"].items():
         assert "error" not in sec, (name, sec)
     fid = report["sections"]["fidelity"]
@@ -179,10 +179,30 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
             assert min(by_precision["strict"]["cosine"]) >= 0.9999, (beta, scheme)
     speed = report["sections"]["speed"]
     assert set(speed) == {"strict", "fast"}
-    assert set(speed["fast"]) == {"bp", "forward", "backward", "centered", "random"}
-    ops = report["sections"]["profile"]["fast"]["ops"]
-    assert any("conv" in op["name"] for op in ops)
+    assert set(speed["fast"]) == {"infer", "bp", "forward", "centered", "random"}
+    prof = report["sections"]["profile"]["fast"]
+    assert any("conv" in op["name"] for op in prof["ops"])
+    assert abs(sum(c["share"] for c in prof["categories"].values()) - 1) < 1e-9
+    assert prof["categories"]["convolution"]["ms"] > 0
+    assert report["sections"]["tests"]["returncode"] == 0          # collected, not run, on CPU
+    train = report["sections"]["train"]
+    for a in ("ep", "bp"):
+        assert train[a]["epochs"] >= 1 and 0 <= train[a]["test_top1_error"] <= 1
+        assert len(train[a]["per_epoch"]) == train[a]["epochs"]
     for line in ("fidelity, batch 4", "speed, batch 4", "memory, centered EP",
-                 "profile, centered EP fast"):
+                 "profile, centered EP fast", "tests (pytest -m gpu)", "train, mlp on synthetic"):
         assert line in r.stdout
     assert f"wrote {tmp_path / 'gpu_check.json'}" in r.stdout
+
+
+def test_profile_bookkeeping_union_and_categories():
+    """Oracles: hand-computed interval arithmetic — kernels at [0, 2], [1, 3], [5, 6] are busy
+    4 µs of a 6 µs span (2 µs of gaps); and the category table — operators are counted under
+    the first matching group of their outermost operator's name."""
+    assert bench._union_us([(5, 6), (0, 2), (1, 3)]) == (4, 6)
+    assert bench._union_us([]) == (0.0, 0.0)
+    assert bench._category("aten::conv_transpose2d") == "convolution"
+    assert bench._category("aten::max_unpool2d") == "pooling"
+    assert bench._category("aten::to") == "cast / copy"
+    assert bench._category("Torch-Compiled Region: 0/1") == "compiled (fused)"
+    assert bench._category("aten::maximum") == "elementwise / other"

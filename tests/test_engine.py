@@ -90,7 +90,7 @@ def _same_masks(net, phase, free):
             return False
         if net.layers[k - 1].pool:
             phase.da(k)
-            if not torch.equal(phase._idx[k], free.idx[k]):
+            if not torch.equal(phase._sel[k], free.idx[k]):
                 return False
     return True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from workbench import energy, ep
 from workbench import equilibrate as eq
@@ -258,18 +259,55 @@ def test_strict_fp32_matches_float64_where_the_nudge_is_still_tiny():
         assert min(row["strict"]["cosine"]) >= 0.9999, (scheme, row["strict"]["cosine"])
 
 
+def test_window_codes_pool_and_unpool_like_max_pool2d():
+    """Oracle: F.max_pool2d / F.max_unpool2d. The fused path's pointwise pooling gives the same
+    maxima and selects the same element — the first maximum of each 2×2 window in row-major
+    order on ties (integer-valued maps are full of them), a NaN wherever max_pool2d picks one —
+    and its unpooling places values where max_unpool2d does; eager and compiled alike."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(-2, 3, (3, 5, 6, 8), generator=g).double()
+    z[0, 0, 0, 1] = float("nan")
+    zc = torch.zeros_like(z).to(memory_format=torch.channels_last)
+    want, idx = F.max_pool2d(z, 2, 2, return_indices=True)
+    v = torch.randn(want.shape, generator=g, dtype=F64)
+    for pool, unpool in ((eq._pool_code, eq._unpool_code),
+                         (torch.compile(eq._pool_code, dynamic=True, fullgraph=True),
+                          torch.compile(eq._unpool_code, dynamic=True, fullgraph=True))):
+        m, code = pool(zc, z)
+        assert code.dtype == torch.uint8 and torch.equal(m.isnan(), want.isnan())
+        assert torch.equal(m.nan_to_num(7), want.nan_to_num(7))
+        ys, xs = code.long() // 2, code.long() % 2
+        rows = torch.arange(3).view(1, 1, 3, 1) * 2 + ys
+        cols = torch.arange(4).view(1, 1, 1, 4) * 2 + xs
+        assert torch.equal(rows * 8 + cols, idx)
+        assert torch.equal(unpool(v, code), F.max_unpool2d(v, idx, 2, 2, output_size=(6, 8)))
+
+
 @pytest.mark.slow
-def test_fused_elementwise_equals_eager():
-    """Oracle: the eager engine. `fused=True` compiles the same elementwise functions with
-    torch.compile (here inductor's CPU backend); the estimate agrees with the eager one to
-    float32 rounding, for both update rules."""
-    net, x, y = small("vgg5", dtype=torch.float32)
+@pytest.mark.parametrize("name", ["vgg5", "vgg10", "mlp"])
+def test_fused_equals_eager(name):
+    """Oracle: the eager engine. ``fused=True`` compiles the elementwise pieces with
+    torch.compile (here inductor's CPU backend), pooling by window codes and fusing the drive,
+    the unpooling and the cast: in float64 the estimate equals the eager one to 1e-12 for every
+    scheme and both update rules; in fast precision (bf16 convolutions) to bf16 rounding."""
+    net, x, y = small(name, dtype=F64)
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64)
     for update in ("mod_pgd", "pgd"):
-        kw = dict(scheme="centered", beta=0.05, iterations=5, update=update, accumulate=False)
-        eager = ep.estimate(net, x, y, **kw).grads
-        fused = ep.estimate(net, x, y, fused=True, **kw).grads
-        for n in eager:
-            assert torch.allclose(fused[n], eager[n], rtol=1e-5, atol=1e-7 * eager[n].abs().max())
+        for scheme in ep.SCHEMES:
+            kw = dict(scheme=scheme, beta=0.05, iterations=5, update=update, accumulate=False,
+                      signs=signs if scheme == "random" else "example")
+            eager = ep.estimate(net, x, y, **kw)
+            fused = ep.estimate(net, x, y, fused=True, **kw)
+            for n in eager.grads:
+                assert torch.allclose(fused.grads[n], eager.grads[n], rtol=1e-10, atol=1e-13), \
+                    (update, scheme, n)
+            for a, b in zip(eager.trace.phases, fused.trace.phases):
+                assert torch.allclose(a.energy, b.energy, rtol=1e-10, atol=1e-14)
+    net, x = net.float(), x.float()
+    kw = dict(scheme="centered", beta=0.05, iterations=5, accumulate=False, precision="fast")
+    eager, fused = ep.estimate(net, x, y, **kw), ep.estimate(net, x, y, fused=True, **kw)
+    for row in ep.compare(net, fused.grads, eager.grads):
+        assert row["cosine"] > 0.999, row
 
 
 def test_strict_mode_after_a_user_chose_the_matmul_precision_level():

@@ -34,7 +34,7 @@ import torch
 
 from . import ep, models
 from .energy import COSTS
-from .equilibrate import PRECISIONS, fp32_math
+from .equilibrate import PRECISIONS, Precision, fp32_math, precision_context
 from .runfolder import cpu_name
 
 MEASURES = ("speed", "fidelity", "profile")
@@ -99,6 +99,8 @@ def _timer(device: torch.device, cpu_timer: str = "wall") -> Callable[[Callable]
 def _step(net, x, y, algorithm: str, precision: str, beta: float, iterations: int, cost: str,
           fused: bool) -> Callable[[], None]:
     gen = torch.Generator().manual_seed(0)
+    if algorithm == "infer":
+        return lambda: _infer(net, x, precision)
     if algorithm == "bp":
         return lambda: ep.estimate(net, x, y, scheme="bp", cost=cost, precision=precision,
                                    accumulate=False)
@@ -107,10 +109,24 @@ def _step(net, x, y, algorithm: str, precision: str, beta: float, iterations: in
                                generator=gen, fused=fused)
 
 
+def _infer(net, x, precision: str) -> torch.Tensor:
+    """One forward pass without gradients, in BP's arithmetic for ``precision`` (strict: the
+    parameters' dtype, TF32 off; fast: bf16 autocast, channels_last on CUDA) — the unit of the
+    arithmetic floor (centered EP ≈ 43 forward passes, BP ≈ 3)."""
+    prec = Precision.make(precision, x.dtype, x.device)
+    with precision_context(prec), torch.no_grad():
+        if prec.name == "fast":
+            with torch.autocast(x.device.type, dtype=torch.bfloat16):
+                return net(x.contiguous(memory_format=torch.channels_last)
+                           if prec.channels_last else x)
+        return net(x)
+
+
 def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.05,
           iterations: int = 10, cost: str = "ce", warmup: int = 1, repeats: int = 5,
           fused: bool = False, cpu_timer: str = "wall") -> dict:
-    """Median ms per step, images/s, EP/BP time and (CUDA) peak memory per algorithm."""
+    """Median ms per step, images/s, EP/BP time and (CUDA) peak memory per algorithm
+    (``bp``, an EP scheme, or ``infer``: one forward pass without gradients)."""
     device = x.device
     cuda = device.type == "cuda"
     steps = {a: _step(net, x, y, a, precision, beta, iterations, cost, fused) for a in algorithms}
@@ -140,24 +156,74 @@ def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.0
     return out
 
 
+# where a profiled operator's time is counted: the first group whose keyword occurs in the name
+# of the outermost operator that (indirectly) ran it
+CATEGORIES = (("compiled (fused)", ("compiled", "triton")),
+              ("convolution", ("conv", "cudnn")),
+              ("matmul", ("linear", "addmm", "matmul", "aten::mm", "bmm")),
+              ("pooling", ("pool", "upsample", "interpolate")),
+              ("cast / copy", ("aten::to", "copy", "contiguous", "clone")))
+
+
+def _category(name: str) -> str:
+    low = name.lower()
+    for label, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return label
+    return "elementwise / other"
+
+
+def _outermost(e):
+    while getattr(e, "cpu_parent", None) is not None:
+        e = e.cpu_parent
+    return e
+
+
+def _union_us(intervals) -> tuple[float, float]:
+    """``(busy, span)`` of ``[(start, end), …]`` in µs: covered length and first-to-last."""
+    intervals = sorted(intervals)
+    if not intervals:
+        return 0.0, 0.0
+    busy, (lo, hi) = 0.0, intervals[0]
+    first, last = lo, hi
+    for s, e in intervals[1:]:
+        last = max(last, e)
+        if s > hi:
+            busy += hi - lo
+            lo, hi = s, e
+        else:
+            hi = max(hi, e)
+    return busy + hi - lo, last - first
+
+
 def profile(net, x, y, algorithm: str = "centered", *, precision: str = "strict",
             beta: float = 0.05, iterations: int = 10, cost: str = "ce", fused: bool = False,
             top: int = 15) -> dict:
     """Where one step's time goes: ``torch.profiler`` over one step after a warm-up step.
 
-    Returns ``{"clock": "device" | "cpu", "total_ms": …, "ops": [{"name", "calls", "ms",
-    "share"}, …]}`` with the ``top`` operators by self time (device time on a GPU).
+    Returns ``{"clock": "device" | "cpu", "total_ms", "ops": [{"name", "calls", "ms",
+    "share"}, …], "categories": {label: {"ms", "share"}}, …}``: the ``top`` operators by self
+    time (device time on a GPU), and the same time grouped by the outermost operator that ran
+    it (:data:`CATEGORIES`: convolutions, matmuls, pooling, casts, elementwise). On a GPU also
+    ``wall_ms`` (the step on the host clock), ``span_ms`` (first kernel start to last kernel
+    end), ``busy_ms`` (time some kernel or copy ran) and ``gaps_ms = span − busy``: the device
+    idle between launches, which CUDA graphs would remove.
     """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     step = _step(net, x, y, algorithm, precision, beta, iterations, cost, fused)
     step()
     cuda = x.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize(x.device)
     with torch_profile(activities=activities) as prof:
+        t0 = time.perf_counter()
         step()
         if cuda:
             torch.cuda.synchronize(x.device)
+        wall_ms = (time.perf_counter() - t0) * 1e3
 
     def self_us(e):
         if not cuda:
@@ -167,10 +233,30 @@ def profile(net, x, y, algorithm: str = "centered", *, precision: str = "strict"
     events = [e for e in prof.key_averages() if self_us(e) > 0]
     total = sum(self_us(e) for e in events)
     events.sort(key=self_us, reverse=True)
-    return {"clock": "device" if cuda else "cpu", "algorithm": algorithm, "precision": precision,
-            "total_ms": total / 1e3,
-            "ops": [{"name": e.key, "calls": e.count, "ms": self_us(e) / 1e3,
-                     "share": self_us(e) / total} for e in events[:top]]}
+    cats: dict = {}
+    device_intervals = []
+    for e in prof.events():
+        if cuda and e.device_type == DeviceType.CUDA:
+            device_intervals.append((e.time_range.start, e.time_range.end))
+            continue
+        if e.device_type != DeviceType.CPU:
+            continue
+        us = sum(k.duration for k in e.kernels) if cuda else e.self_cpu_time_total
+        if us > 0:
+            label = _category(_outermost(e).name)
+            cats[label] = cats.get(label, 0.0) + us
+    counted = sum(cats.values()) or 1.0
+    out = {"clock": "device" if cuda else "cpu", "algorithm": algorithm, "precision": precision,
+           "batch_size": x.shape[0], "total_ms": total / 1e3, "wall_ms": wall_ms,
+           "ops": [{"name": e.key, "calls": e.count, "ms": self_us(e) / 1e3,
+                    "share": self_us(e) / total} for e in events[:top]],
+           "categories": {k: {"ms": v / 1e3, "share": v / counted}
+                          for k, v in sorted(cats.items(), key=lambda kv: -kv[1])}}
+    if cuda:
+        busy, span = _union_us(device_intervals)
+        out.update(kernels=len(device_intervals), busy_ms=busy / 1e3, span_ms=span / 1e3,
+                   gaps_ms=(span - busy) / 1e3)
+    return out
 
 
 def _cosines(net, grads, ref) -> list:

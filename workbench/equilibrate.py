@@ -40,7 +40,7 @@ from .energy import cost, cost_grad
 
 UPDATES = ("mod_pgd", "pgd")
 ORDERS = ("async", "sync")
-PRECISIONS = ("strict", "fast")
+PRECISIONS = ("auto", "strict", "fast")
 
 __all__ = ["UPDATES", "ORDERS", "PRECISIONS", "Precision", "FreeState", "PhaseTrace", "Trace",
            "free_phase", "NudgedPhase", "precision_context", "fp32_math"]
@@ -58,11 +58,13 @@ class Precision:
     ``strict``: everything in the parameters' dtype, with TF32 (and oneDNN's reduced fp32
     modes) switched off for the duration (see :func:`precision_context`). ``fast``: the nudged
     phases' conv maps in bfloat16 (channels_last on CUDA); the free phase (one forward pass, the
-    O(1) states every deviation is measured from) in float32 — on CUDA under PyTorch's cuDNN
-    setting, TF32 by default —; dense maps, pooling, ReLU, errors and states in float32.
+    O(1) states every deviation is measured from) in IEEE float32 (TF32 off: with TF32 the
+    fidelity rule failed on an H200, BENCHMARKS.md); dense maps, pooling, ReLU, errors and
+    states in float32. ``auto``: fast for a float32 model on CUDA, else strict.
 
     ``conv`` / ``dense``: compute dtypes of the nudged phases' maps; ``free``: of the free
-    phase's maps; ``state``: states, deviations and errors.
+    phase's maps; ``state``: states, deviations and errors. ``free_ieee``: run the free phase's
+    fp32 maps with TF32 off (as strict mode does) even in fast mode.
     """
     name: str
     state: torch.dtype
@@ -70,15 +72,26 @@ class Precision:
     dense: torch.dtype
     free: torch.dtype
     channels_last: bool = False
+    free_ieee: bool = False     # fast: the free phase's fp32 maps with TF32 off
+
+    @staticmethod
+    def resolve(name: str, param_dtype: torch.dtype, device) -> str:
+        """``auto`` → ``fast`` for a float32 model on CUDA (where fast mode passed the
+        fidelity rule, BENCHMARKS.md), ``strict`` everywhere else; other names unchanged."""
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(PRECISIONS)}")
+        if name != "auto":
+            return name
+        cuda = torch.device(device).type == "cuda"
+        return "fast" if cuda and param_dtype == torch.float32 else "strict"
 
     @staticmethod
     def make(name: str, param_dtype: torch.dtype, device: torch.device) -> "Precision":
-        if name not in PRECISIONS:
-            raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(PRECISIONS)}")
+        name = Precision.resolve(name, param_dtype, device)
         if name == "strict":
             return Precision("strict", param_dtype, param_dtype, param_dtype, param_dtype)
         return Precision("fast", torch.float32, torch.bfloat16, torch.float32, torch.float32,
-                         channels_last=device.type == "cuda")
+                         channels_last=device.type == "cuda", free_ieee=True)
 
 
 # the switches that let fp32 convs / matmuls round to TF32 (or bf16 on oneDNN): torch >= 2.9
@@ -116,6 +129,14 @@ def precision_context(precision: Precision):
     if precision.name != "strict":
         yield
         return
+    with ieee_fp32():
+        yield
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """fp32 convs and matmuls round as IEEE fp32 (no TF32, on CUDA and oneDNN) for the
+    duration; the previous settings are restored on exit."""
     switches = _switches()
     if switches:
         # the matmul precision level first (it also sets the matmul switch, so a level the
@@ -175,24 +196,26 @@ class _LayerOps:
             return t.to(dtype, memory_format=self.memory_format)
         return t.to(dtype).flatten(1)
 
-    def apply(self, h: torch.Tensor, bias: bool, free: bool = False) -> torch.Tensor:
-        """``W h (+ b)`` before pooling, in the state dtype; ``free``: in the free phase's
-        compute dtype."""
+    def apply(self, h: torch.Tensor, bias: bool, free: bool = False,
+              keep: bool = False) -> torch.Tensor:
+        """``W h (+ b)`` before pooling, in the state dtype (``keep``: in the compute dtype, for
+        a consumer that widens it itself); ``free``: with the free phase's weights."""
         w, b = (self.free_weight, self.free_bias) if free else (self.weight, self.bias)
         b = b if bias else None
         if self.conv:
             out = F.conv2d(self._cast(h, w.dtype), w, b, padding=1)
         else:
             out = F.linear(self._cast(h, w.dtype), w, b)
-        return out.to(self.out_dtype)
+        return out if keep else out.to(self.out_dtype)
 
-    def transpose(self, g: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
-        """``Wᵀ g``: the vector–Jacobian product of the linear part w.r.t. its input."""
+    def transpose(self, g: torch.Tensor, in_shape: torch.Size, keep: bool = False) -> torch.Tensor:
+        """``Wᵀ g``: the vector–Jacobian product of the linear part w.r.t. its input (in the
+        state dtype; ``keep``: in the compute dtype)."""
         if self.conv:
             gi = F.conv_transpose2d(self._cast(g), self.weight, padding=1)
         else:
             gi = self._cast(g) @ self.weight
-        return gi.to(self.out_dtype).reshape(in_shape)
+        return (gi if keep else gi.to(self.out_dtype)).reshape(in_shape)
 
     def param_grads(self, h: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Σ_n g_n ⊗ h_n, Σ_n g_n)``: gradients of ``Σ_n ⟨g_n, W h_n + b⟩`` w.r.t. W and b."""
@@ -231,6 +254,11 @@ class FreeState:
 
 @torch.no_grad()
 def free_phase(net, x: torch.Tensor, ops: list[_LayerOps], precision: Precision) -> FreeState:
+    with ieee_fp32() if precision.free_ieee else contextlib.nullcontext():
+        return _free_phase(net, x, ops, precision)
+
+
+def _free_phase(net, x, ops, precision) -> FreeState:
     h, a, zc, idx = [x.to(precision.state)], [None], [None], [None]
     for k, (layer, op) in enumerate(zip(net.layers, ops), start=1):
         out = op.apply(h[-1], bias=True, free=True)
@@ -288,59 +316,142 @@ class Trace:
 # ---------------------------------------------------------------------------------------------
 # the elementwise work of one update, as pure functions (eager, or fused by torch.compile)
 # ---------------------------------------------------------------------------------------------
+# Every function takes its tensors in any dtype and computes in the dtype of the free state
+# (``a0`` / ``zc``): in fast mode the convolutions' bf16 outputs are read as they are and
+# widened inside the fused kernel, and the fused ``drive`` writes the bf16 channels_last input
+# of the next transposed convolution directly, so no separate cast pass remains.
 def _relu_shift(c: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``relu(c + s) − relu(c) = max(s, −c) + min(c, 0)``: exactly ``s`` where ``c`` and
     ``c + s`` are both positive, exactly ``−c`` where the unit switches off."""
     return torch.maximum(s, -c).add_(c.clamp(max=0))
 
 
+def _widen(t: Opt, like: torch.Tensor) -> Opt:
+    return None if t is None else t.to(like.dtype)
+
+
+def _layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` in the memory format of ``like`` (channels_last or contiguous). A no-op in eager
+    mode where it already is; for the compiler it fixes every output of a piece to one layout,
+    so that they are written by one kernel in the order the inputs are read (coalesced)."""
+    if like.dim() == 4 and not like.is_contiguous() \
+            and like.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.contiguous()
+
+
 def _pool(zc: torch.Tensor, dz: torch.Tensor):
-    """``(δa, indices)``: max-pool of ``zc + δz`` (``zc`` from :class:`FreeState`)."""
-    return F.max_pool2d(zc + dz, 2, 2, return_indices=True)
+    """``(δa, sel)``: max-pool of ``zc + δz`` (``zc`` from :class:`FreeState`); ``sel`` are
+    max_pool2d's flat indices."""
+    return F.max_pool2d(zc + dz.to(zc.dtype), 2, 2, return_indices=True)
+
+
+def _pool_code(zc: torch.Tensor, dz: Opt):
+    """``(δa, code)`` as :func:`_pool`, written pointwise for the compiler: ``code`` (uint8) is
+    the winner's place in its 2×2 window, 0..3 row-major, the first maximum winning ties and a
+    NaN winning like max_pool2d's."""
+    z = zc if dz is None else zc + dz.to(zc.dtype)
+    # (N, C, 2H, 2W) → (N, C, H, 2, W, 2): the four members of each window have one shape, so
+    # that the compiler sees a single iteration space (strided slices would leave it unsure
+    # whether 2H and 2W are even, and split the work into two kernels)
+    w = z.unflatten(3, (z.shape[3] // 2, 2)).unflatten(2, (z.shape[2] // 2, 2))
+    m = w[:, :, :, 0, :, 0]
+    code = torch.zeros(m.shape, dtype=torch.uint8, device=m.device)
+    for i, v in enumerate((w[:, :, :, 0, :, 1], w[:, :, :, 1, :, 0], w[:, :, :, 1, :, 1]), 1):
+        take = (v > m) | torch.isnan(v)
+        m = torch.where(take, v, m)
+        code = torch.where(take, i, code)
+    return _layout(m, zc), _layout(code, zc)
+
+
+def _unpool_code(g: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_pool_code`'s selection: ``g`` ``(N, C, H, W)`` placed at each
+    window's winner of the ``(N, C, 2H, 2W)`` map, zeros elsewhere (written as one pointwise
+    expression over the output, for the compiler)."""
+    n, c, h, w = g.shape
+    place = torch.arange(4, dtype=code.dtype, device=code.device).view(1, 1, 1, 2, 1, 2)
+    out = torch.where(code[:, :, :, None, :, None] == place, g[:, :, :, None, :, None],
+                      torch.zeros((), dtype=g.dtype, device=g.device))
+    return out.reshape(n, c, 2 * h, 2 * w)
 
 
 def _relu_error(d: Opt, a0: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
     """``ε = d − (relu(a⁰ + δa) − relu(a⁰))`` for a ReLU layer (``d`` None means zero)."""
-    eps = _relu_shift(a0, da).neg_()
-    return eps if d is None else eps.add_(d)
+    eps = _relu_shift(a0, da.to(a0.dtype)).neg_()
+    return _layout(eps if d is None else eps.add_(d), a0)
 
 
-def _relu_drive(d: Opt, a0: torch.Tensor, da: torch.Tensor) -> torch.Tensor:
-    """``relu'(a⁰ + δa) ⊙ ε``."""
+def _relu_drive(d: Opt, a0: torch.Tensor, da: Opt) -> torch.Tensor:
+    """``relu'(a⁰ + δa) ⊙ ε`` (``δa`` None means zero; ``d`` None means zero)."""
+    if da is None:
+        return _layout(d * (a0 > 0), a0)
+    da = da.to(a0.dtype)
     return _relu_error(d, a0, da).mul_(da > -a0)
+
+
+def _drive_code(d: Opt, a0: torch.Tensor, da: Opt, code: Optional[torch.Tensor],
+                dtype: torch.dtype, channels_last: bool, scale: Opt = None) -> torch.Tensor:
+    """The fused drive of a ReLU conv layer: ``relu'(a⁰ + δa) ⊙ ε`` (times a per-example
+    ``scale``, if given), unpooled by ``code`` (None: no pooling), written in ``dtype`` (and
+    channels_last): the input of the next transposed convolution, or of the weight gradient."""
+    g = _relu_drive(d, a0, da)
+    if scale is not None:
+        g = g * scale
+    if code is not None:
+        g = _unpool_code(g, code)
+    g = g.to(dtype)
+    return g.contiguous(memory_format=torch.channels_last) if channels_last else g
 
 
 def _mod_pgd_update(a0: torch.Tensor, da: Opt, delta: Opt) -> torch.Tensor:
     """New deviation ``relu(a⁰ + δa + Δ) − h⁰`` (None means zero; not both)."""
-    return _relu_shift(a0, delta if da is None else (da if delta is None else da + delta))
+    da, delta = _widen(da, a0), _widen(delta, a0)
+    return _layout(_relu_shift(a0, delta if da is None else (da if delta is None else da + delta)),
+                   a0)
 
 
 def _pgd_update(a0: torch.Tensor, h0: torch.Tensor, da: Opt, delta: Opt) -> torch.Tensor:
     """New deviation ``relu(relu(a⁰ + δa) + Δ) − h⁰`` (None means zero; not both)."""
+    da, delta = _widen(da, a0), _widen(delta, a0)
     df = None if da is None else _relu_shift(a0, da)
-    return _relu_shift(h0, delta if df is None else (df if delta is None else df + delta))
+    return _layout(_relu_shift(h0, delta if df is None else (df if delta is None else df + delta)),
+                   a0)
 
 
 @dataclass(frozen=True)
 class _Elementwise:
+    """The elementwise pieces of the nudged phase. ``coded``: pooling selections are 2-bit
+    window codes (:func:`_pool_code`) rather than max_pool2d's flat indices."""
     pool: Callable
     relu_error: Callable
     relu_drive: Callable
     mod_pgd_update: Callable
     pgd_update: Callable
+    drive: Optional[Callable] = None
+    coded: bool = False
 
 
-_PIECES = (_pool, _relu_error, _relu_drive, _mod_pgd_update, _pgd_update)
-_EAGER = _Elementwise(*_PIECES)
+_EAGER = _Elementwise(_pool, _relu_error, _relu_drive, _mod_pgd_update, _pgd_update)
 
 
 @functools.cache
 def _fused() -> _Elementwise:
-    """The same functions compiled by ``torch.compile`` (compiled lazily, symbolic shapes so
-    that every layer shares one kernel per tensor rank). Called only with every tensor
-    argument present: the few calls with a zero (None) deviation stay eager, which keeps each
-    function's compiled variants well under dynamo's recompile limit."""
-    return _Elementwise(*(torch.compile(f, dynamic=True, fullgraph=True) for f in _PIECES))
+    """The pieces compiled by ``torch.compile`` (lazily; symbolic shapes, so that every layer
+    shares one kernel per tensor rank and pattern of absent arguments). Pooling is in its
+    pointwise form (window codes), so that the pool, the error, the ReLU derivative, the
+    unpooling and the cast to the convolution's dtype each fuse into one kernel."""
+    # one code object serves every layer, dtype and pattern of absent (None) arguments: more
+    # variants than dynamo's default of 8 per function (a hard error with fullgraph)
+    import torch._dynamo.config as dynamo_config
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, limit):
+            setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
+
+    def compiled(f):
+        return torch.compile(f, dynamic=True, fullgraph=True)
+    return _Elementwise(compiled(_pool_code), compiled(_relu_error), compiled(_relu_drive),
+                        compiled(_mod_pgd_update), compiled(_pgd_update),
+                        drive=compiled(_drive_code), coded=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,11 +475,17 @@ class NudgedPhase:
         self.beta, self.cost_name, self.update, self.order = beta, cost_name, update, order
         self.L = len(net.layers)
         self._fx = _fused() if fused else _EAGER
+        self._keep = fused          # fused pieces widen the maps' outputs themselves
         self.d: list[Opt] = [None] * (self.L + 1)       # deviations d_k, None == exactly zero
         # cached at the current d_{k-1}: pre-activation deviation δa_k (None == zero) and the
-        # pooling indices
+        # pooling selection (flat indices, or window codes when fused)
         self._da: list[Opt] = [None] * (self.L + 1)
-        self._idx: list[Opt] = list(free.idx)
+        if self._fx.coded:
+            self._free_sel = [None] + [None if zc is None else self._fx.pool(zc, None)[1]
+                                       for zc in free.zc[1:]]
+        else:
+            self._free_sel = list(free.idx)
+        self._sel: list[Opt] = list(self._free_sel)
         self._fresh = [True] * (self.L + 1)             # is the cache valid for d[k-1]?
         top = [k for k in range(1, self.L + 1) if k % 2 == self.L % 2]
         rest = [k for k in range(1, self.L + 1) if k % 2 != self.L % 2]
@@ -376,22 +493,23 @@ class NudgedPhase:
 
     # -- cached pieces -------------------------------------------------------------------------
     def _ew(self, name: str, *args):
-        """The elementwise piece ``name``: fused if asked for and no argument is None (fused
-        pieces get plain aliases, not views, so that no guard depends on a view's base)."""
-        if self._fx is _EAGER or any(a is None for a in args):
+        """The elementwise piece ``name`` (fused pieces get plain aliases, not views, so that
+        no guard depends on a view's base)."""
+        if self._fx is _EAGER:
             return getattr(_EAGER, name)(*args)
-        return getattr(self._fx, name)(*(a.detach() for a in args))
+        return getattr(self._fx, name)(*(a.detach() if isinstance(a, torch.Tensor) else a
+                                         for a in args))
 
     def da(self, k: int) -> Opt:
         """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (None when it is zero)."""
         if not self._fresh[k]:
             layer, d_in, free = self.net.layers[k - 1], self.d[k - 1], self.free
             if d_in is None:
-                self._da[k], self._idx[k] = None, free.idx[k]
+                self._da[k], self._sel[k] = None, self._free_sel[k]
             else:
-                dz = self.ops[k - 1].apply(d_in, bias=False)
+                dz = self.ops[k - 1].apply(d_in, bias=False, keep=self._keep)
                 if layer.pool:
-                    self._da[k], self._idx[k] = self._ew("pool", free.zc[k], dz)
+                    self._da[k], self._sel[k] = self._ew("pool", free.zc[k], dz)
                 else:
                     self._da[k] = dz
             self._fresh[k] = True
@@ -403,24 +521,30 @@ class NudgedPhase:
         if da is None:
             return d
         if self.net.layers[k - 1].activation == "identity":
+            da = da.to(self.free.a[k].dtype)
             return -da if d is None else d - da
         return self._ew("relu_error", d, self.free.a[k], da)
 
-    def drive(self, k: int) -> Opt:
-        """``g_k = f_k'(a_k) ⊙ ε_k`` unpooled to the conv output's shape (None when zero)."""
+    def drive(self, k: int, scale: Opt = None) -> Opt:
+        """``g_k = f_k'(a_k) ⊙ ε_k`` (times ``scale``, one factor per example, if given)
+        unpooled to the conv output's shape (None when zero).
+
+        Fused, for a conv layer: one kernel that also writes the result in the layer's compute
+        dtype and layout, the input of the transposed convolution or the weight gradient."""
         d, da = self.d[k], self.da(k)
         if d is None and da is None:
             return None
-        layer, free = self.net.layers[k - 1], self.free
+        layer, free, op = self.net.layers[k - 1], self.free, self.ops[k - 1]
+        if self._fx.drive is not None and op.conv:
+            return self._ew("drive", d, free.a[k], da, self._sel[k] if layer.pool else None,
+                            op.dtype, op.memory_format == torch.channels_last, scale)
         if layer.activation == "identity":
             g = self.error(k)
-        elif da is None:
-            g = d * (free.a[k] > 0)
         else:
             g = self._ew("relu_drive", d, free.a[k], da)
         if layer.pool:
-            g = F.max_unpool2d(g, self._idx[k], 2, 2, output_size=free.zc[k].shape[-2:])
-        return g
+            g = F.max_unpool2d(g, self._sel[k], 2, 2, output_size=free.zc[k].shape[-2:])
+        return g if scale is None else g * scale.view(-1, *([1] * (g.dim() - 1)))
 
     # -- one update ----------------------------------------------------------------------------
     def _new_deviation(self, k: int) -> Opt:
@@ -428,9 +552,9 @@ class NudgedPhase:
         if k == self.L:
             nudge = self.beta * cost_grad(self.cost_name, self.state(k), self.y)
             da = self.da(k)
-            return -nudge if da is None else da - nudge
+            return -nudge if da is None else da.to(nudge.dtype) - nudge
         g = self.drive(k + 1)
-        delta = None if g is None else self.ops[k].transpose(g, free.h[k].shape)
+        delta = None if g is None else self.ops[k].transpose(g, free.h[k].shape, keep=self._keep)
         da = self.da(k)
         if delta is None and da is None:
             return None
@@ -519,9 +643,9 @@ class NudgedPhase:
         """
         out = {}
         for k in range(1, self.L + 1):
-            g = self.drive(k)
+            h = self.free.h[k]
+            g = self.drive(k, scale=(-weight).to(h.dtype).view(-1, *([1] * (h.dim() - 1))))
             if g is None:
                 continue
-            g = g * (-weight).view(-1, *([1] * (g.dim() - 1))).to(g.dtype)
             out[k] = self.ops[k - 1].param_grads(self.state(k - 1), g)
         return out
