@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+
+from workbench.files import remove_stale_temporaries, write_atomic  # noqa: F401 (re-exported)
 
 CHUNK = 1 << 20
 # ILSVRC2012 as distributed (and its 32×32 downsampled copy): images and classes per split
@@ -16,34 +15,6 @@ EXPECTED = {"train images": 1_281_167, "train classes": 1000,
 
 class PrepError(ValueError):
     """The source or destination is not usable; the message says what was expected."""
-
-
-def write_atomic(path: Path, fill: Callable[[BinaryIO], None] | bytes) -> None:
-    """Write ``path`` so that it is either absent/old or complete: a temporary file in the same
-    folder (named ``.<name>.<random>.tmp``), fsynced, then renamed over ``path``.
-
-    ``fill`` is the content (bytes) or a function that writes it to the open binary file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(fill, (bytes, bytearray)):
-                f.write(fill)
-            else:
-                fill(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete the temporary files an interrupted :func:`write_atomic` left in ``folder``."""
-    for p in Path(folder).glob(".*.tmp"):
-        p.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from workbench.data.imagenet32 import TRAIN_FILES, VAL_FILES  # the loader's file names
+
 from .files import (EXPECTED, PrepError, count_problems, report_counts, sha256_file,
                     write_atomic)
 
-TRAIN_FILES = tuple(f"train_data_batch_{i}.npz" for i in range(1, 11))
-VAL_FILES = ("val_data.npz",)
 ARCHIVES = {"Imagenet32_train_npz.zip": TRAIN_FILES, "Imagenet32_val_npz.zip": VAL_FILES}
 MANIFEST = "imagenet32_manifest.json"
 

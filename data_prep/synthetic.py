@@ -27,30 +27,11 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from workbench.data.synthetic import encode, photo, wnids, write_class_folders  # noqa: F401
 
 LAYOUTS = ("official", "kaggle", "folder", "class_tars")
 QUIRKS = ("PNG RGB", "JPEG CMYK", "JPEG L")
-
-
-def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """An RGB image with photo-like statistics: a smooth colour field, edges, fine grain."""
-    coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC),
-                        dtype=np.float32)
-    grain = rng.normal(0.0, 20.0, (height, width, 3)).astype(np.float32)
-    return Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
-
-
-def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
-    out = io.BytesIO()
-    img.save(out, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
-    return out.getvalue()
-
-
-def wnids(n: int) -> list[str]:
-    """``n`` distinct wnid-like names in sorted order."""
-    return [f"n{1440764 + 7919 * i:08d}" for i in range(n)]
 
 
 def _image(rng, size, quirk: str | None) -> bytes:
@@ -183,20 +164,6 @@ def _write_kaggle(dest, names, per_class, val, val_wnid) -> None:
             w.writerow([name.split(".")[0], f"{wnid} 10 12 200 180 {wnid} 5 5 50 60 "])
     (dest / "LOC_synset_mapping.txt").write_text(
         "".join(f"{w} class {w}, synthetic\n" for w in names))
-
-
-def write_class_folders(root, classes: int = 8, per_class: int = 32,
-                        size: tuple[int, int] = (500, 375), split: str = "train",
-                        seed: int = 0) -> Path:
-    """Write RGB JPEGs straight into the prepared layout ``root/<split>/<wnid>/`` (what
-    :mod:`data_prep.imagenet` produces); return ``root``."""
-    rng = np.random.default_rng(seed)
-    for wnid in wnids(classes):
-        folder = Path(root) / split / wnid
-        folder.mkdir(parents=True, exist_ok=True)
-        for k in range(per_class):
-            (folder / f"{wnid}_{k + 1}.JPEG").write_bytes(encode(photo(rng, *size)))
-    return Path(root)
 
 
 def main(argv: list[str] | None = None) -> int:

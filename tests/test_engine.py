@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from workbench import energy, ep, models
-from workbench.equilibrate import NudgedPhase, Precision, _LayerOps, free_phase
+from workbench import kernels
+from workbench.equilibrate import NudgedPhase, free_phase
+from workbench.layers import LayerMap
+from workbench.precision import Precision
 
 F64 = torch.float64
 
@@ -33,10 +36,9 @@ def small(name, seed=0, batch=4, classes=5):
 def converged_phase(net, x, y, beta, cost="ce", update="mod_pgd", order="async", iters=300):
     """A nudged phase run to its fixed point (float64)."""
     prec = Precision.make("strict", F64, x.device)
-    ops = [_LayerOps(layer, prec) for layer in net.layers]
-    free = free_phase(net, x, ops, prec)
+    free = free_phase(net, x, prec)
     b = torch.full((x.shape[0], 1), beta, dtype=F64)
-    phase = NudgedPhase(net, free, ops, y, b, cost, update, order)
+    phase = NudgedPhase(net, free, y, b, cost, update, order)
     tr = phase.run(iters, tol=1e-14)
     assert tr.iterations < iters, "the nudged phase did not converge"
     return phase, free
@@ -89,8 +91,7 @@ def _same_masks(net, phase, free):
         if not torch.equal(phase.state(k) > 0, free.h[k] > 0):
             return False
         if net.layers[k - 1].pool:
-            phase.da(k)
-            if not torch.equal(phase._sel[k], free.idx[k]):
+            if not torch.equal(phase.selection(k), free.idx[k]):
                 return False
     return True
 
@@ -343,7 +344,7 @@ def test_vgg5_architecture():
     (dict(iterations=0), "iterations must be an integer >= 1"),
     (dict(iterations=2.5), "iterations must be an integer >= 1"),
     (dict(signs="layer", scheme="random"), "accepted: example, batch"),
-    (dict(precision="fp8"), "accepted: strict, fast"),
+    (dict(precision="fp8"), "accepted: auto, strict, fast"),
 ])
 def test_api_errors_name_what_is_accepted(kwargs, needle):
     """Oracle: the API contract — bad arguments raise ValueError naming the accepted values."""

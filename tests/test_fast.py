@@ -9,8 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from workbench import energy, ep
-from workbench import equilibrate as eq
-from workbench.equilibrate import NudgedPhase, Precision, _LayerOps, free_phase
+from workbench import precision as eq
+from workbench import kernels
+from workbench.equilibrate import NudgedPhase, free_phase
+from workbench.layers import LayerMap
+from workbench.precision import Precision
 from test_engine import small as small64
 
 F64 = torch.float64
@@ -22,10 +25,9 @@ def small(name, seed=0, batch=4, classes=5, dtype=F64):
 
 
 def make_phase(net, x, y, beta, precision, update="mod_pgd", order="async"):
-    ops = [_LayerOps(layer, precision) for layer in net.layers]
-    free = free_phase(net, x, ops, precision)
+    free = free_phase(net, x, precision)
     b = torch.full((x.shape[0], 1), beta, dtype=precision.state)
-    return NudgedPhase(net, free, ops, y, b, "ce", update, order), free
+    return NudgedPhase(net, free, y, b, "ce", update, order), free
 
 
 # --------------------------------------------------------------------------------------------
@@ -39,7 +41,7 @@ def test_fast_plumbing_in_float64_equals_strict(name, monkeypatch):
     make = Precision.make
     monkeypatch.setattr(Precision, "make", staticmethod(
         lambda p, dtype, device: fast64 if p == "fast" else make(p, dtype, device)))
-    op = _LayerOps(net.layers[0], Precision.make("fast", F64, x.device))
+    op = net.layers[0].map(Precision.make("fast", F64, x.device))
     assert op.weight.is_contiguous(memory_format=torch.channels_last)
     signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64)
     for scheme in ep.SCHEMES:
@@ -103,7 +105,7 @@ def test_skipping_zero_deviations_changes_nothing(monkeypatch):
     calls = {"apply": 0, "transpose": 0}
 
     def counting(name):
-        real = getattr(_LayerOps, name)
+        real = getattr(LayerMap, name)
 
         def wrapper(self, *a, **kw):
             calls[name] += 1
@@ -111,14 +113,13 @@ def test_skipping_zero_deviations_changes_nothing(monkeypatch):
         return wrapper
 
     for name in calls:
-        monkeypatch.setattr(_LayerOps, name, counting(name))
+        monkeypatch.setattr(LayerMap, name, counting(name))
     results = []
     for explicit in (False, True):
         calls.update(apply=0, transpose=0)
         phase, free = make_phase(net, x, y, 0.05, prec)
         if explicit:
-            phase.d = [None] + [torch.zeros_like(h) for h in free.h[1:]]
-            phase._fresh = [True, True] + [False] * (len(net.layers) - 1)
+            phase.hold_zeros()
         for _ in range(3):
             phase.step()
         weight = torch.full((x.shape[0],), 1 / 0.05, dtype=F64)
@@ -160,24 +161,25 @@ def test_bf16_fast_mode_is_faithful_to_float64():
 def test_strict_mode_never_leaves_tf32_on(monkeypatch):
     """Oracle: the backend switches as seen from inside every engine op and BP's forward pass:
     IEEE fp32 throughout a strict estimate, whatever they were before; restored afterwards, also
-    when the estimate raises; fast mode leaves them alone."""
-    switches = eq._switches()
+    when the estimate raises; fast mode runs its free phase in IEEE fp32 (Precision.free_ieee)
+    and leaves the nudged phases' switches alone."""
+    switches = eq.fp32_switches()
     if not switches:
         pytest.skip("torch < 2.9 has no fp32_precision switches (legacy CUDA flags only)")
     seen = []
 
     def spy(name):
-        real = getattr(_LayerOps, name)
+        real = getattr(LayerMap, name)
 
         def wrapper(self, *a, **kw):
-            seen.append(eq.fp32_math())
+            seen.append((kw.get("free", False), eq.fp32_math()))
             return real(self, *a, **kw)
         return wrapper
 
     for name in ("apply", "transpose", "param_grads"):
-        monkeypatch.setattr(_LayerOps, name, spy(name))
+        monkeypatch.setattr(LayerMap, name, spy(name))
     net, x, y = small("vgg5", dtype=torch.float32)
-    net.layers[2].register_forward_hook(lambda *_: seen.append(eq.fp32_math()))
+    net.layers[2].register_forward_hook(lambda *_: seen.append((False, eq.fp32_math())))
     saved = {name: m.fp32_precision for name, m in switches.items()}
     try:
         for m in switches.values():
@@ -186,15 +188,16 @@ def test_strict_mode_never_leaves_tf32_on(monkeypatch):
         for scheme in ("centered", "bp"):
             seen.clear()
             ep.estimate(net, x, y, scheme=scheme, beta=0.05, iterations=3, precision="strict")
-            assert seen and all(set(s.values()) == {"ieee"} for s in seen), scheme
+            assert seen and all(set(s.values()) == {"ieee"} for _, s in seen), scheme
             assert eq.fp32_math() == before
         seen.clear()
         ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=2, precision="fast")
-        assert seen and all(s == before for s in seen)
+        assert any(free for free, _ in seen) and any(not free for free, _ in seen)
+        assert all(set(s.values()) == {"ieee"} if free else s == before for free, s in seen)
 
         def boom(self, *a, **kw):
             raise RuntimeError("boom")
-        monkeypatch.setattr(_LayerOps, "transpose", boom)
+        monkeypatch.setattr(LayerMap, "transpose", boom)
         with pytest.raises(RuntimeError, match="boom"):
             ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=2)
         assert eq.fp32_math() == before
@@ -238,7 +241,7 @@ def test_relu_shift_is_exact_for_units_that_stay_on_or_switch_off():
     g = torch.Generator().manual_seed(0)
     c = torch.randn(10_000, generator=g)
     s = torch.randn(10_000, generator=g) * 10.0 ** torch.randint(-9, 1, (10_000,), generator=g)
-    got = eq._relu_shift(c, s)
+    got = kernels.relu_shift(c, s)
     want = torch.relu(c.double() + s.double()) - torch.relu(c.double())
     assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-7)
     on, off = (c > 0) & (c + s > 0), (c > 0) & (c + s <= 0)
@@ -270,9 +273,9 @@ def test_window_codes_pool_and_unpool_like_max_pool2d():
     zc = torch.zeros_like(z).to(memory_format=torch.channels_last)
     want, idx = F.max_pool2d(z, 2, 2, return_indices=True)
     v = torch.randn(want.shape, generator=g, dtype=F64)
-    for pool, unpool in ((eq._pool_code, eq._unpool_code),
-                         (torch.compile(eq._pool_code, dynamic=True, fullgraph=True),
-                          torch.compile(eq._unpool_code, dynamic=True, fullgraph=True))):
+    for pool, unpool in ((kernels.pool_window, kernels.unpool_window),
+                         (torch.compile(kernels.pool_window, dynamic=True, fullgraph=True),
+                          torch.compile(kernels.unpool_window, dynamic=True, fullgraph=True))):
         m, code = pool(zc, z)
         assert code.dtype == torch.uint8 and torch.equal(m.isnan(), want.isnan())
         assert torch.equal(m.nan_to_num(7), want.nan_to_num(7))
@@ -314,7 +317,7 @@ def test_strict_mode_after_a_user_chose_the_matmul_precision_level():
     """Oracle: torch's own switches — a level set with torch.set_float32_matmul_precision
     ("high", common in user scripts) is overridden to IEEE inside a strict estimate (no mix of
     torch's legacy and per-operator TF32 settings) and is the same level afterwards."""
-    if not eq._switches():
+    if not eq.fp32_switches():
         pytest.skip("torch < 2.9 has no fp32_precision switches (legacy CUDA flags only)")
     level = torch.get_float32_matmul_precision()
     net, x, y = small("mlp", dtype=torch.float32)

@@ -34,7 +34,7 @@ import torch
 
 from . import ep, models
 from .energy import COSTS
-from .equilibrate import PRECISIONS, Precision, fp32_math, precision_context
+from .precision import PRECISIONS, Precision, fp32_math, precision_context
 from .runfolder import cpu_name
 
 MEASURES = ("speed", "fidelity", "profile")

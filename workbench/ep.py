@@ -17,22 +17,19 @@ The free-phase term ``∂F/∂θ(h⁰)`` is zero for a PCN, so it never appears.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from . import energy
-from .energy import check_cost
-from .equilibrate import (ORDERS, UPDATES, NudgedPhase, Precision, Trace, _LayerOps, free_phase,
-                          precision_context)
+from .equilibrate import NudgedPhase, Trace, free_phase
+from .precision import Precision, precision_context
+from .settings import ALL_SCHEMES, SCHEMES, SIGN_MODES, EstimatorSettings
 
-SCHEMES = ("forward", "backward", "centered", "random")
-ALL_SCHEMES = SCHEMES + ("bp",)
-SIGN_MODES = ("example", "batch")
-
-__all__ = ["SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "Estimate", "estimate", "bp_gradients",
-           "compare", "check_batch"]
+__all__ = ["SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "EstimatorSettings", "Estimate", "estimate",
+           "bp_gradients", "compare", "relative_error", "check_batch", "random_signs"]
 
 
 @dataclass
@@ -42,20 +39,32 @@ class Estimate:
     ``grads``: parameter name (as in ``net.named_parameters()``) → gradient estimate, in the
     parameter's dtype. ``trace``: one :class:`~workbench.equilibrate.PhaseTrace` per nudged phase
     (none for ``bp``) and the free cost. ``loss``: mean cost at the free state (the forward pass).
-    ``logits``: the free-phase output, ``(N, classes)``, detached.
+    ``logits``: the free-phase output, ``(N, classes)``, detached. ``settings``: what computed it.
     """
     grads: dict
     trace: Trace
     loss: float
     logits: torch.Tensor
-    scheme: str
-    beta: float
-    iterations: int
+    settings: EstimatorSettings
+
+    @property
+    def scheme(self) -> str:
+        return self.settings.scheme
+
+    @property
+    def beta(self) -> float:
+        return float(self.settings.beta)
+
+    @property
+    def iterations(self) -> int:
+        return 0 if self.settings.scheme == "bp" else self.settings.iterations
 
 
-def _check_choice(what: str, value, accepted) -> None:
-    if value not in accepted:
-        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(map(str, accepted))}")
+def random_signs(n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """``n`` signs ±1 (int64, on the generator's device, else the CPU), each +1 or −1 with
+    probability ½: the ``random`` scheme's draw."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, 2, (n,), generator=generator, device=device) * 2 - 1
 
 
 def check_batch(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +76,7 @@ def check_batch(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
         raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     want = tuple(net.in_shape)
     if x.dim() < 2 or (tuple(x.shape[1:]) != want and not (
-            net.layers[0].kind == "dense" and math.prod(x.shape[1:]) == math.prod(want))):
+            not net.layers[0].spatial and math.prod(x.shape[1:]) == math.prod(want))):
         raise ValueError(f"x must have shape (N, {', '.join(map(str, want))}) for this "
                          f"{getattr(net, 'name', 'model')}, got {tuple(x.shape)}")
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -101,7 +110,7 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
     Returns ``(grads, mean cost, logits)``. ``precision="fast"`` runs the forward pass under
     bfloat16 autocast (on CUDA with channels_last), the usual mixed-precision BP.
     """
-    check_cost(cost_name)
+    energy.check_cost(cost_name)
     params = [p for _, p in net.named_parameters()]
     prec = Precision.make(precision, params[0].dtype, params[0].device)
     with precision_context(prec), torch.enable_grad():
@@ -119,91 +128,42 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
     return dict(zip(names, gs)), float(loss.detach()), logits.detach()
 
 
-def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", beta: float = 0.05,
-             iterations: int = 10, cost: str = "ce", *, update: str = "mod_pgd",
-             order: str = "async", signs="example", tol: Optional[float] = None,
-             precision: str = "strict", trace: bool = True, accumulate: bool = True,
-             generator: Optional[torch.Generator] = None, fused: bool = False) -> Estimate:
-    """Estimate the gradient of the batch-mean cost and write it into ``.grad``.
+_FUSED_BROKEN: list = []        # set once when compiling the fused path failed (fused=None)
 
-    Args:
-        net: a PCN from :func:`workbench.models.build`.
-        x: inputs ``(N, *net.in_shape)``, floating point (cast to the parameters' dtype).
-        y: class indices ``(N,)``, integer.
-        scheme: ``forward`` | ``backward`` | ``centered`` | ``random`` | ``bp``.
-        beta: nudging strength β > 0 (its sign comes from the scheme).
-        iterations: K ≥ 1 iterations per nudged phase.
-        cost: ``ce`` | ``mse``.
-        update: ``mod_pgd`` (default) | ``pgd``. order: ``async`` (default) | ``sync``.
-        signs: for ``random``: ``example`` (default, a sign per example) | ``batch`` (one sign) |
-            a ``(N,)`` tensor of ±1 (signs chosen by the caller, e.g. drawn for a global batch
-            and sliced per process).
-        tol: stop a phase early once no state changed by more than ``tol`` in an iteration.
-        precision: ``strict`` (the parameters' dtype, TF32 off) | ``fast`` (bf16 convs).
-        trace: record every iteration (else only the final energies and cost).
-        accumulate: add to existing ``.grad`` like ``backward()`` (default), or overwrite.
-        generator: RNG for the ``random`` scheme's signs (default: torch's global RNG).
-        fused: compile each update's elementwise work into single kernels with
-            ``torch.compile`` (same results up to rounding; first call compiles; off by default
-            until measured on the GPU, see BENCHMARKS.md).
 
-    The parameters and the inputs are never modified.
-    """
-    _check_choice("scheme", scheme, ALL_SCHEMES)
-    check_cost(cost)
-    _check_choice("update rule", update, UPDATES)
-    _check_choice("order", order, ORDERS)
-    if scheme != "bp":
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
-            raise ValueError(f"beta must be a finite positive number, got {beta!r}")
-        if beta <= 0:
-            raise ValueError(f"beta must be > 0 (the scheme sets the sign: 'backward' nudges "
-                             f"with -beta), got {beta!r}")
-        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
-    if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float))
-                            or not tol >= 0):
-        raise ValueError(f"tol must be None or a number >= 0, got {tol!r}")
-    x, y = check_batch(net, x, y)
-    if isinstance(signs, torch.Tensor):
-        if scheme != "random":
-            raise ValueError("a tensor of signs is only accepted with scheme='random'")
-        if signs.shape != (x.shape[0],) or not bool(((signs == 1) | (signs == -1)).all()):
-            raise ValueError(f"signs as a tensor must have shape ({x.shape[0]},) and hold only "
-                             f"+1 and -1, got shape {tuple(signs.shape)}")
-    else:
-        _check_choice("sign mode", signs, SIGN_MODES)
-    names = [n for n, _ in net.named_parameters()]
+def _check_signs(signs: torch.Tensor, scheme: str, n: int) -> None:
+    if scheme != "random":
+        raise ValueError("a tensor of signs is only accepted with scheme='random'")
+    if signs.shape != (n,) or not bool(((signs == 1) | (signs == -1)).all()):
+        raise ValueError(f"signs as a tensor must have shape ({n},) and hold only +1 and -1, "
+                         f"got shape {tuple(signs.shape)}")
 
-    if scheme == "bp":
-        grads, loss, logits = bp_gradients(net, x, y, cost, precision)
-        _write_grads(net, grads, accumulate)
-        return Estimate(grads, Trace(free_cost=loss), loss, logits, scheme, float(beta), 0)
 
-    p0 = next(net.parameters())
-    prec = Precision.make(precision, p0.dtype, p0.device)
+def _phase_signs(s: EstimatorSettings, n: int, signs: Optional[torch.Tensor],
+                 generator: Optional[torch.Generator], device, dtype) -> list[torch.Tensor]:
+    """One ``(n,)`` tensor of ±1 per nudged phase."""
+    if s.scheme == "random":
+        if signs is None:
+            draw = random_signs(n if s.signs == "example" else 1, generator)
+            signs = draw.expand(n)
+        return [signs.to(device, dtype)]
+    values = {"forward": [1.0], "backward": [-1.0], "centered": [1.0, -1.0]}[s.scheme]
+    return [torch.full((n,), v, dtype=dtype, device=device) for v in values]
+
+
+def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, fused: bool,
+                  trace: bool):
+    """The free phase, one nudged phase per entry of ``sign_list``, and the summed estimate."""
     n = x.shape[0]
     with precision_context(prec), torch.no_grad():
-        ops = [_LayerOps(layer, prec) for layer in net.layers]
-        free = free_phase(net, x, ops, prec)
-        sdt, dev = prec.state, x.device
-        if scheme == "random" and isinstance(signs, torch.Tensor):
-            sign_list = [signs.to(dev, sdt)]
-        elif scheme == "random":
-            shape = (n,) if signs == "example" else (1,)
-            draw = torch.randint(0, 2, shape, generator=generator,
-                                 device=generator.device if generator is not None else "cpu")
-            sign_list = [(draw.to(dev, sdt) * 2 - 1).expand(n)]
-        else:
-            sign_list = {"forward": [1.0], "backward": [-1.0], "centered": [1.0, -1.0]}[scheme]
-            sign_list = [torch.full((n,), s, dtype=sdt, device=dev) for s in sign_list]
+        free = free_phase(net, x, prec)
         totals: dict[int, list] = {}
-        tr = Trace(free_cost=float(energy.cost(cost, free.logits, y).mean()))
-        for s in sign_list:
-            b = beta * s
-            phase = NudgedPhase(net, free, ops, y, b.view(-1, 1), cost, update, order, fused)
-            tr.phases.append(phase.run(iterations, tol=tol, record=trace,
-                                       signs=s if scheme == "random" else None))
+        tr = Trace(free_cost=float(energy.cost(s.cost, free.logits, y).mean()))
+        for sign in sign_list:
+            b = s.beta * sign
+            phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, s.update, s.order, fused)
+            tr.phases.append(phase.run(s.iterations, tol=s.tol, record=trace,
+                                       signs=sign if s.scheme == "random" else None))
             weight = 1.0 / (b * n * len(sign_list))
             for k, (gw, gb) in phase.param_grads(weight).items():
                 if k in totals:
@@ -211,13 +171,72 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, scheme: str = "centered", be
                     totals[k][1] += gb
                 else:
                     totals[k] = [gw, gb]
-        grads = {}
-        for k, layer in enumerate(net.layers, start=1):
-            gw, gb = totals.get(k, (torch.zeros_like(layer.weight), torch.zeros_like(layer.bias)))
-            grads[f"layers.{k - 1}.weight"], grads[f"layers.{k - 1}.bias"] = gw, gb
-        grads = {name: grads[name] for name in names}
+    grads = {}
+    for k, layer in enumerate(net.layers, start=1):
+        gw, gb = totals.get(k, (torch.zeros_like(layer.weight), torch.zeros_like(layer.bias)))
+        grads[f"layers.{k - 1}.weight"], grads[f"layers.{k - 1}.bias"] = gw, gb
+    return grads, tr, free.logits.detach()
+
+
+def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[EstimatorSettings] = None,
+             *, signs=None, trace: bool = True, accumulate: bool = True,
+             generator: Optional[torch.Generator] = None, **overrides) -> Estimate:
+    """Estimate the gradient of the batch-mean cost and write it into ``.grad``.
+
+    Args:
+        net: a PCN from :func:`workbench.models.build`.
+        x: inputs ``(N, *net.in_shape)``, floating point (cast to the parameters' dtype).
+        y: class indices ``(N,)``, integer.
+        settings: an :class:`~workbench.settings.EstimatorSettings` (default: its defaults);
+            ``overrides`` replace single fields: ``estimate(net, x, y, scheme="forward",
+            beta=0.01)`` — scheme, beta, iterations, cost, update, order, signs, tol,
+            precision, fused (see the dataclass).
+        signs: for ``random``: ``example`` | ``batch`` (the ``signs`` setting), or a ``(N,)``
+            tensor of ±1 chosen by the caller (e.g. drawn for a global batch and sliced per
+            process).
+        trace: record every iteration (else only the final energies and cost).
+        accumulate: add to existing ``.grad`` like ``backward()`` (default), or overwrite.
+        generator: RNG for the ``random`` scheme's signs (default: torch's global RNG).
+
+    With ``fused`` left at None (auto) on CUDA, a failure to compile the fused kernels is
+    reported once as a warning and the eager kernels are used from then on.
+    The parameters and the inputs are never modified.
+    """
+    tensor_signs = signs if isinstance(signs, torch.Tensor) else None
+    if signs is not None and tensor_signs is None:
+        overrides["signs"] = signs
+    s = (settings or EstimatorSettings()).replace(**overrides)
+    x, y = check_batch(net, x, y)
+    if tensor_signs is not None:
+        _check_signs(tensor_signs, s.scheme, x.shape[0])
+    if s.scheme == "bp":
+        grads, loss, logits = bp_gradients(net, x, y, s.cost, s.precision)
+        _write_grads(net, grads, accumulate)
+        return Estimate(grads, Trace(free_cost=loss), loss, logits, s)
+
+    p0 = next(net.parameters())
+    prec = Precision.make(s.precision, p0.dtype, p0.device)
+    sign_list = _phase_signs(s, x.shape[0], tensor_signs, generator, x.device, prec.state)
+    auto = s.fused is None
+    fused = (prec.name == "fast" and x.device.type == "cuda" and not _FUSED_BROKEN) if auto \
+        else s.fused
+    try:
+        grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, fused, trace)
+    except Exception as e:      # only the automatic choice falls back; fused=True raises
+        if not (auto and fused):
+            raise
+        _FUSED_BROKEN.append(repr(e))
+        warnings.warn(f"compiling the fused elementwise kernels failed ({type(e).__name__}: "
+                      f"{e}); using the eager kernels from now on (pass fused=False to "
+                      f"silence this)", RuntimeWarning, stacklevel=2)
+        grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, False, trace)
+    grads = {name: grads[name] for name, _ in net.named_parameters()}
     _write_grads(net, grads, accumulate)
-    return Estimate(grads, tr, tr.free_cost, free.logits.detach(), scheme, float(beta), iterations)
+    return Estimate(grads, tr, tr.free_cost, logits, s)
+
+
+def _flat(grads: dict, keys: list[str], device=None) -> torch.Tensor:
+    return torch.cat([grads[k].detach().double().flatten().to(device) for k in keys])
 
 
 def compare(net, estimate_grads: dict, reference_grads: dict) -> list[dict]:
@@ -230,11 +249,21 @@ def compare(net, estimate_grads: dict, reference_grads: dict) -> list[dict]:
     rows = []
     for k, layer in enumerate(net.layers, start=1):
         keys = [f"layers.{k - 1}.weight", f"layers.{k - 1}.bias"]
-        g = torch.cat([estimate_grads[q].detach().double().flatten() for q in keys])
-        r = torch.cat([reference_grads[q].detach().double().flatten().to(g.device) for q in keys])
+        g = _flat(estimate_grads, keys)
+        r = _flat(reference_grads, keys, g.device)
         gn, rn = float(g.norm()), float(r.norm())
         cos = float(g @ r) / (gn * rn) if gn > 0 and rn > 0 else float("nan")
         rel = float((g - r).norm()) / rn if rn > 0 else float("nan")
         rows.append({"layer": k, "kind": layer.kind, "cosine": cos, "rel_error": rel,
                      "norm": gn, "ref_norm": rn})
     return rows
+
+
+def relative_error(estimate_grads: dict, reference_grads: dict,
+                   layer: Optional[int] = None) -> float:
+    """``‖g − r‖ / ‖r‖`` over all parameters, or over layer ``layer`` (1-based) only, in
+    float64 (the whole-model companion of :func:`compare`)."""
+    keys = [k for k in reference_grads if layer is None or k.startswith(f"layers.{layer - 1}.")]
+    g = _flat(estimate_grads, keys)
+    r = _flat(reference_grads, keys, g.device)
+    return float((g - r).norm() / r.norm())

@@ -12,7 +12,7 @@ import torch
 
 from . import ep, models
 from .energy import COSTS
-from .equilibrate import ORDERS, PRECISIONS, UPDATES
+from .settings import ORDERS, PRECISIONS, UPDATES
 
 DEFAULT_SIZES = {"mlp": 28, "vgg5": 32, "vgg10": 32}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}

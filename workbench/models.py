@@ -20,61 +20,16 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PCNLayer", "PCN", "build", "available", "register"]
+from .layers import ConvLayer, DenseLayer, PCNLayer
 
-
-class PCNLayer(nn.Module):
-    """One map ``f_k``: a 3×3 conv (padding 1) or a dense layer, optional 2×2 max-pool, ReLU.
-
-    Args:
-        kind: ``"conv"`` or ``"dense"``. A dense layer flattens its input.
-        in_features / out_features: channels for conv, features for dense.
-        pool: 2×2 stride-2 max-pool after the conv (conv only).
-        activation: ``"relu"`` (hidden layers) or ``"identity"`` (the output layer).
-    """
-
-    def __init__(self, kind: str, in_features: int, out_features: int, *, pool: bool = False,
-                 activation: str = "relu"):
-        super().__init__()
-        if kind not in ("conv", "dense"):
-            raise ValueError(f"layer kind must be 'conv' or 'dense', got {kind!r}")
-        if activation not in ("relu", "identity"):
-            raise ValueError(f"activation must be 'relu' or 'identity', got {activation!r}")
-        if pool and kind != "conv":
-            raise ValueError("only conv layers can pool")
-        self.kind, self.pool, self.activation = kind, pool, activation
-        shape = (out_features, in_features, 3, 3) if kind == "conv" else (out_features, in_features)
-        self.weight = nn.Parameter(torch.empty(shape))
-        self.bias = nn.Parameter(torch.zeros(out_features))
-
-    # -- the map, in pieces the engine reuses --------------------------------------------------
-    def linear(self, h: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """The conv / dense part (before pooling). Without bias it is linear in ``h``."""
-        b = self.bias if bias else None
-        if self.kind == "conv":
-            return F.conv2d(h, self.weight, b, padding=1)
-        return F.linear(h.flatten(1), self.weight, b)
-
-    def pre(self, h: torch.Tensor) -> torch.Tensor:
-        """Pre-activation ``a_k`` after pooling."""
-        z = self.linear(h)
-        return F.max_pool2d(z, 2, 2) if self.pool else z
-
-    def act(self, a: torch.Tensor) -> torch.Tensor:
-        return torch.relu(a) if self.activation == "relu" else a
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.act(self.pre(h))
-
-    def extra_repr(self) -> str:
-        o, i = self.weight.shape[:2]
-        return f"{self.kind} {i}->{o}" + (", maxpool" if self.pool else "") + f", {self.activation}"
+__all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "PCN", "build", "available", "register",
+           "default_image_size"]
 
 
 class PCN(nn.Module):
@@ -116,7 +71,7 @@ def _init_layer(layer: PCNLayer, gain: float, conv_fan: str) -> None:
     w = layer.weight
     receptive = w[0, 0].numel() if w.dim() == 4 else 1
     fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
-    fan = fan_out if (layer.kind == "conv" and conv_fan == "fan_out") else fan_in
+    fan = fan_out if (layer.spatial and conv_fan == "fan_out") else fan_in
     bound = gain * math.sqrt(1.0 / fan)
     with torch.no_grad():
         w.uniform_(-bound, bound)
@@ -132,13 +87,13 @@ def _vgg(spec: Sequence[tuple[int, bool]], dense: Sequence[int], num_classes: in
                          f"{2 ** pools}, got {image_size}")
     layers, c = [], in_channels
     for out, pool in spec:
-        layers.append(PCNLayer("conv", c, out, pool=pool))
+        layers.append(ConvLayer(c, out, pool=pool))
         c = out
     feats = c * (image_size // 2 ** pools) ** 2
     for width in dense:
-        layers.append(PCNLayer("dense", feats, width))
+        layers.append(DenseLayer(feats, width))
         feats = width
-    layers.append(PCNLayer("dense", feats, num_classes, activation="identity"))
+    layers.append(DenseLayer(feats, num_classes, relu=False))
     for layer in layers:
         _init_layer(layer, init_gain, conv_fan)
     _init_layer(layers[-1], output_gain, conv_fan)
@@ -155,9 +110,9 @@ def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, *,
     feats = in_channels * image_size * image_size
     layers = []
     for w in widths:
-        layers.append(PCNLayer("dense", feats, w))
+        layers.append(DenseLayer(feats, w))
         feats = w
-    layers.append(PCNLayer("dense", feats, num_classes, activation="identity"))
+    layers.append(DenseLayer(feats, num_classes, relu=False))
     for layer in layers:
         _init_layer(layer, init_gain, "fan_in")
     _init_layer(layers[-1], output_gain, "fan_in")
@@ -188,32 +143,50 @@ def vgg10(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, 
                 init_gain, output_gain, conv_fan, "vgg10")
 
 
-_REGISTRY: dict[str, Callable[..., PCN]] = {"mlp": mlp, "vgg5": vgg5, "vgg10": vgg10}
+@dataclass(frozen=True)
+class _Entry:
+    fn: Callable[..., PCN]
+    image_size: int
 
 
-def register(name: str, fn: Callable[..., PCN]) -> None:
-    """Add a model constructor ``fn(num_classes, in_channels, image_size, **overrides)``."""
-    _REGISTRY[name] = fn
+_REGISTRY: dict[str, _Entry] = {"mlp": _Entry(mlp, 28), "vgg5": _Entry(vgg5, 32),
+                                "vgg10": _Entry(vgg10, 224)}
+
+
+def register(name: str, fn: Callable[..., PCN], image_size: int = 32) -> None:
+    """Add a model constructor ``fn(num_classes, in_channels, image_size, **overrides)`` and
+    its default input size."""
+    _REGISTRY[name] = _Entry(fn, image_size)
 
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def build(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-          **overrides) -> PCN:
+def default_image_size(name: str) -> int:
+    """The input size a model is built for when none is given (mlp 28 — MNIST's; vgg5 32 — the
+    paper's 32×32, MNIST zero-padded; vgg10 224 — ImageNet's). Every command uses this."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name].image_size
+
+
+def build(name: str, num_classes: int = 10, in_channels: int = 1,
+          image_size: Optional[int] = None, **overrides) -> PCN:
     """Build a model by name: ``build("vgg5", num_classes=10, in_channels=1, image_size=32)``.
+    ``image_size`` defaults to the model's :func:`default_image_size`.
 
     ``overrides`` go to the constructor (e.g. ``widths=(256,)`` for mlp, ``channels=...``,
     ``init_gain``, ``output_gain``). Unknown names or overrides raise ``ValueError``.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    image_size = default_image_size(name) if image_size is None else image_size
     for arg, v in (("num_classes", num_classes), ("in_channels", in_channels),
                    ("image_size", image_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{arg} must be a positive integer, got {v!r}")
-    fn = _REGISTRY[name]
+    fn = _REGISTRY[name].fn
     accepted = [p.name for p in inspect.signature(fn).parameters.values()
                 if p.kind == p.KEYWORD_ONLY]
     unknown = sorted(set(overrides) - set(accepted))

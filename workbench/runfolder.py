@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from data_prep.files import remove_stale_temporaries, write_atomic
+from .files import remove_stale_temporaries, write_atomic
 
 __all__ = ["RunFolder", "config_diff", "atomic_write", "hardware", "cpu_name", "git_commit"]
 
@@ -31,7 +31,7 @@ CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, rename it over ``path``
-    (data_prep's :func:`~data_prep.files.write_atomic`, which removes the temp file on failure),
+    (:func:`workbench.files.write_atomic`, which removes the temp file on failure),
     then fsync the folder so that the rename itself survives a crash."""
     write_atomic(path, write)
     fd = os.open(path.parent, os.O_RDONLY)

@@ -38,7 +38,8 @@ import torch
 from . import data, distributed, ep, models
 from .data.loader import EpochBatches, SeededItems, make_loader, mix_seed
 from .energy import COSTS, cost
-from .equilibrate import ORDERS, PRECISIONS, UPDATES, Precision, precision_context
+from .precision import Precision, precision_context
+from .settings import ORDERS, PRECISIONS, UPDATES
 from .runfolder import CHECKPOINT, RunFolder, git_commit, hardware
 
 __all__ = ["TrainConfig", "run", "NonFiniteError", "add_arguments", "main"]

@@ -32,7 +32,7 @@ from plotly.subplots import make_subplots
 
 from . import ep, models
 from .energy import check_cost
-from .equilibrate import ORDERS, UPDATES
+from .settings import ORDERS, UPDATES
 
 __all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "TrainingMonitor", "default_models",
            "synthetic_data", "examples", "fit_input", "log_slope", "relative_error", "load_run"]

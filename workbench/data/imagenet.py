@@ -308,7 +308,7 @@ def bench_loader(data_root: str | None = None, image_size: int = 224, batch_size
         raise ValueError("batches and batch_size must be ≥ 1 and workers ≥ 0")
     with tempfile.TemporaryDirectory(prefix="imagenet-bench-") as tmp:
         if data_root is None:
-            from data_prep.synthetic import write_class_folders
+            from .synthetic import write_class_folders
 
             data_root = str(write_class_folders(tmp, classes=8, per_class=32, split=split))
             source = "generated: 256 JPEGs of 500x375"

@@ -15,14 +15,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from data_prep.imagenet32 import TRAIN_FILES, VAL_FILES
-
 from .images import IMAGENET_MEAN, IMAGENET_STD, ImageDataset
 from .locate import DatasetNotFoundError, find_dir, search_roots
 
-__all__ = ["build_imagenet32", "TRAIN_FILES", "VAL_FILE", "MEAN", "STD"]
+__all__ = ["build_imagenet32", "TRAIN_FILES", "VAL_FILES", "VAL_FILE", "MEAN", "STD"]
 
-VAL_FILE, = VAL_FILES                    # the official names, as data_prep.imagenet32 writes them
+# the official file names (data_prep.imagenet32 checks and copies exactly these)
+TRAIN_FILES = tuple(f"train_data_batch_{i}.npz" for i in range(1, 11))
+VAL_FILES = ("val_data.npz",)
+VAL_FILE, = VAL_FILES
 MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 CROP_PADDING = 4
 

@@ -7,13 +7,17 @@ seed 2), never on the run's seed.
 """
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .images import ImageDataset
 
-__all__ = ["build_synthetic", "SIZES"]
+__all__ = ["build_synthetic", "SIZES", "photo", "encode", "wnids", "write_class_folders"]
 
 SIZES = {"train": 2048, "test": 512}
 
@@ -36,3 +40,40 @@ def build_synthetic(split: str, image_size: Optional[int] = None, *,
     images = (templates[labels] // 2 + noise).to(torch.uint8)
     return ImageDataset(images, labels, num_classes=classes, mean=(0.5,) * channels,
                         std=(0.25,) * channels, name="synthetic")
+
+
+# ---------------------------------------------------------------------------------------------
+# photo-like JPEGs on disk (the ImageNet loader's benchmark; data_prep's test archives)
+# ---------------------------------------------------------------------------------------------
+def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """An RGB image with photo-like statistics: a smooth colour field, edges, fine grain."""
+    coarse = rng.integers(0, 256, (max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC),
+                        dtype=np.float32)
+    grain = rng.normal(0.0, 20.0, (height, width, 3)).astype(np.float32)
+    return Image.fromarray(np.clip(smooth + grain, 0, 255).astype(np.uint8))
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", quality: int = 90) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return out.getvalue()
+
+
+def wnids(n: int) -> list[str]:
+    """``n`` distinct wnid-like names in sorted order."""
+    return [f"n{1440764 + 7919 * i:08d}" for i in range(n)]
+
+
+def write_class_folders(root, classes: int = 8, per_class: int = 32,
+                        size: tuple[int, int] = (500, 375), split: str = "train",
+                        seed: int = 0) -> Path:
+    """Write RGB JPEGs straight into the prepared layout ``root/<split>/<wnid>/`` (what
+    ``python -m data_prep.imagenet`` produces); return ``root``."""
+    rng = np.random.default_rng(seed)
+    for wnid in wnids(classes):
+        folder = Path(root) / split / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(per_class):
+            (folder / f"{wnid}_{k + 1}.JPEG").write_bytes(encode(photo(rng, *size)))
+    return Path(root)

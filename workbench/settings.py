@@ -1,0 +1,116 @@
+"""The settings of one gradient estimate, in one frozen dataclass that checks itself.
+
+:class:`EstimatorSettings` is what :func:`workbench.ep.estimate` computes with, what a training
+config holds (``TrainConfig.estimator``), and what every command line builds its flags from
+(:mod:`workbench.flags`): one list of choices and one help text per field, kept here. The
+method behind each field is in docs/method.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .energy import COSTS
+
+SCHEMES = ("forward", "backward", "centered", "random")
+ALL_SCHEMES = SCHEMES + ("bp",)
+SIGN_MODES = ("example", "batch")
+UPDATES = ("mod_pgd", "pgd")
+ORDERS = ("async", "sync")
+PRECISIONS = ("auto", "strict", "fast")
+
+__all__ = ["EstimatorSettings", "SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "UPDATES", "ORDERS",
+           "PRECISIONS", "check_choice", "check_beta", "check_iterations"]
+
+
+def check_choice(what: str, value, accepted) -> None:
+    if value not in accepted:
+        raise ValueError(f"unknown {what} {value!r}; accepted: {', '.join(map(str, accepted))}")
+
+
+def check_beta(beta) -> None:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta):
+        raise ValueError(f"beta must be a finite positive number, got {beta!r}")
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0 (the scheme sets the sign: 'backward' nudges "
+                         f"with -beta), got {beta!r}")
+
+
+def check_iterations(iterations) -> None:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+
+
+def _f(default, help: str, choices=None, flag: Optional[str] = None):
+    """A field with its command-line help (and choices): the one place they are written."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if flag is not None:
+        meta["flag"] = flag
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """How one gradient estimate is computed (docs/method.md §3–§5).
+
+    ``beta`` is the magnitude β > 0; the scheme sets the sign. ``signs``: how the ``random``
+    scheme draws the sign of β (a tensor of ±1 chosen by the caller is passed to
+    :func:`~workbench.ep.estimate` directly). ``tol``: stop a phase early once no state changed
+    by more than ``tol`` in an iteration. ``precision``: ``strict`` (the parameters' dtype,
+    TF32 off), ``fast`` (bf16 convolutions on fp32 deviations) or ``auto`` (fast for a float32
+    model on CUDA, else strict). ``fused``: compile the elementwise work (``None``: on where
+    ``precision`` resolves to fast on CUDA).
+    """
+    scheme: str = _f("centered", "EP estimator (bp: the backprop reference)", ALL_SCHEMES)
+    beta: float = _f(0.05, "nudging strength β > 0 (the scheme sets its sign)")
+    iterations: int = _f(10, "iterations K of each nudged phase")
+    cost: str = _f("ce", "cost of the output: cross-entropy or squared error", COSTS)
+    update: str = _f("mod_pgd", "nudged-phase update rule", UPDATES)
+    order: str = _f("async", "even/odd layers in turn, or all at once", ORDERS)
+    signs: str = _f("example", "random scheme: a sign of β per example or per batch",
+                    SIGN_MODES)
+    tol: Optional[float] = _f(None, "stop a phase once no state changes by more than this")
+    precision: str = _f("auto", "strict (fp32, TF32 off), fast (bf16 convs) or auto (fast on "
+                        "CUDA, else strict)", PRECISIONS)
+    fused: Optional[bool] = _f(None, "compile the elementwise work with torch.compile "
+                               "(default: on with fast precision on CUDA)")
+
+    def __post_init__(self):
+        check_choice("scheme", self.scheme, ALL_SCHEMES)
+        check_choice("cost", self.cost, COSTS)
+        check_choice("update rule", self.update, UPDATES)
+        check_choice("order", self.order, ORDERS)
+        check_choice("sign mode", self.signs, SIGN_MODES)
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.scheme != "bp":
+            check_beta(self.beta)
+            check_iterations(self.iterations)
+        if self.tol is not None and (isinstance(self.tol, bool)
+                                     or not isinstance(self.tol, (int, float))
+                                     or not self.tol >= 0):
+            raise ValueError(f"tol must be None or a number >= 0, got {self.tol!r}")
+        if self.fused is not None and not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be None (auto), True or False, got {self.fused!r}")
+
+    def replace(self, **changes) -> "EstimatorSettings":
+        """A copy with ``changes`` (checked); unknown names are refused with the accepted ones."""
+        unknown = sorted(set(changes) - set(self.names()))
+        if unknown:
+            raise ValueError(f"unknown estimator settings {unknown}; accepted: "
+                             f"{', '.join(self.names())}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EstimatorSettings":
+        return cls().replace(**d)
