@@ -69,8 +69,8 @@ def test_fidelity_rule_catches_a_corrupted_layer(monkeypatch):
     net, x, y = bench.make_batch("mlp", 8, 1, 5, 4, torch.device("cpu"), widths=(16, 12))
     real = ep.estimate
 
-    def corrupted(net_, x_, y_, **kw):
-        est = real(net_, x_, y_, **kw)
+    def corrupted(net_, x_, y_, *settings, **kw):
+        est = real(net_, x_, y_, *settings, **kw)
         if x_.dtype == torch.float32:
             g = est.grads["layers.1.weight"]
             est.grads["layers.1.weight"] = g + torch.randn_like(g) * g.norm() / g.numel() ** 0.5
@@ -105,7 +105,8 @@ def test_speed_harness_order_medians_and_ratio(monkeypatch):
 @pytest.mark.parametrize("argv,needle", [
     (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
     (["--warmup", "-1"], "--warmup must be >= 0"),
-    (["--fidelity-betas", "0.05", "0"], "--beta and --fidelity-betas take values > 0"),
+    (["--fidelity-betas", "0.05", "0"], "--fidelity-betas take values > 0"),
+    (["--beta", "-1"], "beta must be > 0"),
 ])
 def test_bad_arguments_say_what_is_accepted(argv, needle, capsys):
     """Oracle: the CLI contract — exit status 2 and a message naming the bad flag and the

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from workbench import energy, ep, models
+from workbench.data import synthetic
 from workbench import kernels
 from workbench.equilibrate import NudgedPhase, free_phase
 from workbench.layers import LayerMap
@@ -23,14 +24,10 @@ SMALL = {
 
 
 def small(name, seed=0, batch=4, classes=5):
-    torch.manual_seed(seed)
     spec = SMALL[name]
-    net = models.build(name, num_classes=classes, in_channels=spec["ch"], image_size=spec["size"],
-                       **spec["kw"]).to(F64)
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.rand((batch, spec["ch"], spec["size"], spec["size"]), generator=g, dtype=F64)
-    y = torch.randint(0, classes, (batch,), generator=g)
-    return net, x, y
+    return synthetic.batch(name, batch, num_classes=classes, in_channels=spec["ch"],
+                           image_size=spec["size"], seed=seed, data_seed=seed + 1, dtype=F64,
+                           **spec["kw"])
 
 
 def converged_phase(net, x, y, beta, cost="ce", update="mod_pgd", order="async", iters=300):

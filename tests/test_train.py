@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,7 +56,7 @@ def test_config_round_trips_through_a_dict():
     (dict(algorithm="hebb"), "unknown algorithm 'hebb'; accepted: ep, bp"),
     (dict(beta=-0.1), "beta must be > 0"),
     (dict(lr="0.1"), "lr must be float, got '0.1'"),
-    (dict(iterations=2.5), "iterations must be int"),
+    (dict(iterations=2.5), "iterations must be an integer >= 1, got 2.5"),
     (dict(min_lr=1.0), r"min_lr must be in \[0, lr\]"),
     (dict(momentum=0.0), "nesterov needs momentum > 0"),
     (dict(resume=True, run_dir=None), "resume needs run_dir"),
@@ -86,7 +87,10 @@ def test_run_folder_contents(tmp_path):
     cfg = tiny(tmp_path, scheme="random")
     summary = run(cfg, callback=seen.append)
     d = tmp_path / "run"
-    assert json.loads((d / "config.json").read_text()) == cfg.to_dict()
+    saved = json.loads((d / "config.json").read_text())
+    # precision "auto" and fused None are recorded as what they resolved to on this device
+    assert saved == {**cfg.to_dict(), "estimator": {**cfg.to_dict()["estimator"],
+                                                    "precision": "strict", "fused": False}}
     assert json.loads((d / "summary.json").read_text()) == summary
     lines = rows(d)
     assert lines == seen
@@ -138,7 +142,7 @@ def test_probe_is_ep_against_bp_on_the_fixed_batch(tmp_path):
     x, y = ds.device_transform(ds.images[idx]), ds.labels[idx]
     torch.manual_seed(cfg.seed)
     net = models.build("mlp", num_classes=10, in_channels=3, image_size=8, widths=[16])
-    est = ep.estimate(net, x, y, "centered", 0.01, 4)
+    est = ep.estimate(net, x, y, scheme="centered", beta=0.01, iterations=4)
     want = ep.compare(net, est.grads, ep.bp_gradients(net, x, y)[0])
     assert probe0["cosine"] == pytest.approx([r["cosine"] for r in want], rel=1e-6)
     assert probe0["rel_error"] == pytest.approx([r["rel_error"] for r in want], rel=1e-4)
@@ -161,7 +165,7 @@ def test_resume_with_another_config_is_refused_and_shows_the_difference(tmp_path
     with pytest.raises(ValueError) as e:
         run(tiny(tmp_path, epochs=1, lr=0.1, scheme="forward", resume=True, progress="text"))
     msg = str(e.value)
-    assert "lr: 0.05 → 0.1" in msg and 'scheme: "centered" → "forward"' in msg
+    assert "lr: 0.05 → 0.1" in msg and 'estimator.scheme: "centered" → "forward"' in msg
     assert "progress" not in msg
 
 
@@ -173,7 +177,8 @@ def test_cli_resume_takes_the_saved_flags(tmp_path):
     add_arguments(parser)
     args = parser.parse_args(["--run-dir", cfg.run_dir, "--resume", "--progress", "text"])
     resumed = config_from_args(args)
-    assert resumed == TrainConfig(**{**cfg.to_dict(), "resume": True, "progress": "text"})
+    saved = TrainConfig(**{**cfg.to_dict(), "resume": True, "progress": "text"})
+    assert resumed == TrainConfig(**{**saved.to_dict(), "precision": "strict", "fused": False})
     args = parser.parse_args(["--model", "mlp", "--model-arg", "widths=[4,4]", "--lr", "0.5"])
     fresh = config_from_args(args)
     assert (fresh.model_args, fresh.lr, fresh.epochs) == ({"widths": [4, 4]}, 0.5, 100)
@@ -260,3 +265,28 @@ def test_two_epochs_of_fashion_mnist_reach_20_percent(tmp_path, algorithm, no_da
                               epochs=2, batch_size=64, lr=0.02, probe_every=0, device="cpu",
                               progress="none", run_dir=str(tmp_path / "run")))
     assert summary["test_top1_error"] <= 0.20
+
+
+def test_a_run_folder_of_the_earlier_layout_resumes_exactly(tmp_path):
+    """Oracle: an uninterrupted run of this version. tests/data/old_run was written by the
+    workbench at commit 73f441d (config.json with the estimator's fields at the top level, a
+    checkpoint at step 4 of 8, killed at step 6); resumed now, it ends with the same
+    parameters and metrics as a fresh run of the same config. The same folder marked as a
+    fast-precision run is refused, saying why."""
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "old_run", old)
+    saved = json.loads((old / "config.json").read_text())
+    assert "scheme" in saved and "estimator" not in saved
+    run(TrainConfig.from_dict({**saved, "run_dir": str(old), "resume": True}))
+    fresh = tmp_path / "fresh"
+    run(TrainConfig.from_dict({**saved, "run_dir": str(fresh)}))
+    assert untimed(rows(old)) == untimed(rows(fresh))
+    pa, pb = final_params(old), final_params(fresh)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    fast = tmp_path / "fast"
+    shutil.copytree(Path(__file__).parent / "data" / "old_run", fast)
+    (fast / "config.json").write_text(json.dumps({**saved, "precision": "fast"}))
+    with pytest.raises(ValueError, match="fast precision of an earlier version"):
+        run(TrainConfig.from_dict({**saved, "precision": "fast", "run_dir": str(fast),
+                                   "resume": True}))

@@ -23,23 +23,26 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import statistics
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
-from . import ep, models
-from .energy import COSTS
-from .precision import PRECISIONS, Precision, fp32_math, precision_context
+from . import ep, flags, models
+from .data import synthetic
+from .flags import option
+from .precision import Precision, fp32_math, precision_context
 from .runfolder import cpu_name
+from .settings import ALL_SCHEMES, EstimatorSettings
 
 MEASURES = ("speed", "fidelity", "profile")
 CPU_TIMERS = ("wall", "process")
-DEFAULT_SIZES = {"mlp": 28, "vgg5": 32, "vgg10": 224}
 RULE_SLACK = 0.002
 
 __all__ = ["MEASURES", "RULE_SLACK", "environment", "make_batch", "speed", "profile",
@@ -63,15 +66,9 @@ def environment(device: torch.device) -> dict:
 
 def make_batch(model: str, image_size: int, in_channels: int, num_classes: int,
                batch_size: int, device: torch.device, seed: int = 0, **overrides):
-    """A seeded model (float32; ``overrides`` go to :func:`workbench.models.build`) and a
-    synthetic batch: uniform [0, 1) pixels, random labels."""
-    torch.manual_seed(seed)
-    net = models.build(model, num_classes=num_classes, in_channels=in_channels,
-                       image_size=image_size, **overrides).to(device)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand((batch_size, in_channels, image_size, image_size), generator=gen)
-    y = torch.randint(0, num_classes, (batch_size,), generator=gen)
-    return net, x.to(device), y.to(device)
+    """A seeded float32 model and a synthetic batch (:func:`workbench.data.synthetic.batch`)."""
+    return synthetic.batch(model, batch_size, num_classes=num_classes, in_channels=in_channels,
+                           image_size=image_size, seed=seed, device=device, **overrides)
 
 
 def _timer(device: torch.device, cpu_timer: str = "wall") -> Callable[[Callable], float]:
@@ -96,17 +93,13 @@ def _timer(device: torch.device, cpu_timer: str = "wall") -> Callable[[Callable]
     return run
 
 
-def _step(net, x, y, algorithm: str, precision: str, beta: float, iterations: int, cost: str,
-          fused: bool) -> Callable[[], None]:
-    gen = torch.Generator().manual_seed(0)
+def _step(net, x, y, algorithm: str, settings: EstimatorSettings) -> Callable[[], None]:
+    """One training-like step of ``algorithm`` (``bp``, an EP scheme, or ``infer``)."""
     if algorithm == "infer":
-        return lambda: _infer(net, x, precision)
-    if algorithm == "bp":
-        return lambda: ep.estimate(net, x, y, scheme="bp", cost=cost, precision=precision,
-                                   accumulate=False)
-    return lambda: ep.estimate(net, x, y, scheme=algorithm, beta=beta, iterations=iterations,
-                               cost=cost, precision=precision, trace=False, accumulate=False,
-                               generator=gen, fused=fused)
+        return lambda: _infer(net, x, settings.precision)
+    gen = torch.Generator().manual_seed(0)
+    s = settings.replace(scheme=algorithm)
+    return lambda: ep.estimate(net, x, y, s, trace=False, accumulate=False, generator=gen)
 
 
 def _infer(net, x, precision: str) -> torch.Tensor:
@@ -122,14 +115,20 @@ def _infer(net, x, precision: str) -> torch.Tensor:
         return net(x)
 
 
-def speed(net, x, y, algorithms, *, precision: str = "strict", beta: float = 0.05,
-          iterations: int = 10, cost: str = "ce", warmup: int = 1, repeats: int = 5,
-          fused: bool = False, cpu_timer: str = "wall") -> dict:
+def _settings(settings: Optional[EstimatorSettings], overrides: dict) -> EstimatorSettings:
+    """The bench's settings: strict unless asked otherwise, then ``overrides``."""
+    return (settings or EstimatorSettings(precision="strict")).replace(**overrides)
+
+
+def speed(net, x, y, algorithms, settings: Optional[EstimatorSettings] = None, *,
+          warmup: int = 1, repeats: int = 5, cpu_timer: str = "wall", **overrides) -> dict:
     """Median ms per step, images/s, EP/BP time and (CUDA) peak memory per algorithm
-    (``bp``, an EP scheme, or ``infer``: one forward pass without gradients)."""
+    (``bp``, an EP scheme, or ``infer``: one forward pass without gradients), with
+    ``settings`` (default: strict precision) and ``overrides`` of its fields."""
+    s = _settings(settings, overrides)
     device = x.device
     cuda = device.type == "cuda"
-    steps = {a: _step(net, x, y, a, precision, beta, iterations, cost, fused) for a in algorithms}
+    steps = {a: _step(net, x, y, a, s) for a in algorithms}
     for fn in steps.values():
         for _ in range(warmup):
             fn()
@@ -196,9 +195,8 @@ def _union_us(intervals) -> tuple[float, float]:
     return busy + hi - lo, last - first
 
 
-def profile(net, x, y, algorithm: str = "centered", *, precision: str = "strict",
-            beta: float = 0.05, iterations: int = 10, cost: str = "ce", fused: bool = False,
-            top: int = 15) -> dict:
+def profile(net, x, y, algorithm: str = "centered", settings: Optional[EstimatorSettings] = None,
+            *, top: int = 15, **overrides) -> dict:
     """Where one step's time goes: ``torch.profiler`` over one step after a warm-up step.
 
     Returns ``{"clock": "device" | "cpu", "total_ms", "ops": [{"name", "calls", "ms",
@@ -212,7 +210,8 @@ def profile(net, x, y, algorithm: str = "centered", *, precision: str = "strict"
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    step = _step(net, x, y, algorithm, precision, beta, iterations, cost, fused)
+    s = _settings(settings, overrides)
+    step = _step(net, x, y, algorithm, s)
     step()
     cuda = x.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -246,7 +245,7 @@ def profile(net, x, y, algorithm: str = "centered", *, precision: str = "strict"
             label = _category(_outermost(e).name)
             cats[label] = cats.get(label, 0.0) + us
     counted = sum(cats.values()) or 1.0
-    out = {"clock": "device" if cuda else "cpu", "algorithm": algorithm, "precision": precision,
+    out = {"clock": "device" if cuda else "cpu", "algorithm": algorithm, "precision": s.precision,
            "batch_size": x.shape[0], "total_ms": total / 1e3, "wall_ms": wall_ms,
            "ops": [{"name": e.key, "calls": e.count, "ms": self_us(e) / 1e3,
                     "share": self_us(e) / total} for e in events[:top]],
@@ -271,38 +270,40 @@ def _cosines(net, grads, ref) -> list:
     return out
 
 
-def fidelity(net, x, y, schemes, *, precisions=("strict",), betas=(0.05,), iterations: int = 10,
-             cost: str = "ce", reference_device=None, fused: bool = False, seed: int = 0) -> dict:
+def fidelity(net, x, y, schemes, settings: Optional[EstimatorSettings] = None, *,
+             precisions=("strict",), betas=(0.05,), reference_device=None, seed: int = 0,
+             **overrides) -> dict:
     """Per-layer cosines with float64 runs of the same computation, and the rule's verdict.
 
     Returns ``{"bp": {precision: [cos(BP, BP_f64) per layer]}, "betas": {β: {scheme:
     {precision: {"cosine": [...], "margin": [cos − (cos_bp − 0.002)], "pass": bool}}}},
     "pass": bool}``; each float64 reference is computed once and shared by the precisions.
     """
+    s = _settings(settings, overrides)
     ref_dev = torch.device(reference_device or x.device)
     net64 = copy.deepcopy(net).to(ref_dev, torch.float64)
     x64, y64 = x.to(ref_dev, torch.float64), y.to(ref_dev)
-    bp64, _, _ = ep.bp_gradients(net64, x64, y64, cost, "strict")
-    cos_bp = {p: _cosines(net, ep.bp_gradients(net, x, y, cost, p)[0], bp64) for p in precisions}
-    draw = torch.Generator().manual_seed(seed)
-    signs = torch.randint(0, 2, (x.shape[0],), generator=draw) * 2 - 1
+    bp64, _, _ = ep.bp_gradients(net64, x64, y64, s.cost, "strict")
+    cos_bp = {p: _cosines(net, ep.bp_gradients(net, x, y, s.cost, p)[0], bp64)
+              for p in precisions}
+    signs = ep.random_signs(x.shape[0], torch.Generator().manual_seed(seed))
     result = {"reference": f"float64 on {ref_dev}", "bp": cos_bp, "betas": {}, "pass": True}
     for beta in betas:
         rows = result["betas"][str(beta)] = {}
         for scheme in schemes:
-            kw = dict(scheme=scheme, beta=beta, iterations=iterations, cost=cost, trace=False,
-                      accumulate=False)
-            if scheme == "random":
-                kw["signs"] = signs.to(ref_dev, torch.float64)
-            ref = ep.estimate(net64, x64, y64, precision="strict", **kw).grads
-            if scheme == "random":
-                kw["signs"] = signs.to(x.device, x.dtype)
+            b = s.replace(scheme=scheme, beta=beta)
+            ref = ep.estimate(net64, x64, y64, b, precision="strict", fused=False, trace=False,
+                              accumulate=False,
+                              signs=signs.to(ref_dev, torch.float64) if scheme == "random"
+                              else None).grads
             rows[scheme] = {}
             for p in precisions:
-                est = ep.estimate(net, x, y, precision=p, fused=fused, **kw)
+                est = ep.estimate(net, x, y, b, precision=p, trace=False, accumulate=False,
+                                  signs=signs.to(x.device, x.dtype) if scheme == "random"
+                                  else None)
                 cos = _cosines(net, est.grads, ref)
-                margin = [None if c is None else c - (b - RULE_SLACK)
-                          for c, b in zip(cos, cos_bp[p])]
+                margin = [None if c is None else c - (bb - RULE_SLACK)
+                          for c, bb in zip(cos, cos_bp[p])]
                 ok = all(m is not None and math.isfinite(m) and m >= 0 for m in margin)
                 rows[scheme][p] = {"cosine": cos, "margin": margin, "pass": ok}
                 result["pass"] = result["pass"] and ok
@@ -313,58 +314,63 @@ def fidelity(net, x, y, schemes, *, precisions=("strict",), betas=(0.05,), itera
 # ---------------------------------------------------------------------------------------------
 # the command
 # ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchOptions:
+    """What ``workbench bench`` measures (the estimate itself: :class:`EstimatorSettings`,
+    whose ``scheme`` is replaced by ``schemes``)."""
+    model: str = option("vgg5", "model name")
+    image_size: Optional[int] = option(None, "input size (default: the model's registry size)")
+    in_channels: int = option(3, "input channels")
+    num_classes: int = option(10, "classes")
+    batch_size: int = option(64, "images per step")
+    schemes: tuple[str, ...] = option(("bp", "centered"), "algorithms to time", ALL_SCHEMES)
+    measure: tuple[str, ...] = option(("speed",), "what to measure", MEASURES)
+    warmup: int = option(1, "untimed steps first")
+    repeats: int = option(5, "timed steps (median reported)")
+    cpu_timer: str = option("wall", "CPU only: wall (perf_counter) or process (process_time)",
+                            CPU_TIMERS)
+    fidelity_betas: tuple[float, ...] = option((0.05, 0.005, 0.0005), "β of the fidelity rule")
+    fidelity_batch: int = option(16, "images of the fidelity batch")
+    reference_device: Optional[str] = option(None, "where the float64 reference runs "
+                                             "(default: --device)")
+    device: Optional[str] = option(None, "default: cuda if available, else cpu")
+    threads: Optional[int] = option(None, "CPU threads (torch.set_num_threads)")
+    seed: int = option(0, "seed of the model and the batch")
+    out: Optional[str] = option(None, "also write the JSON to this file")
+    loader: bool = option(False, "time the ImageNet input pipeline alone instead")
+    data_root: Optional[str] = option(None, "--loader: an ImageNet folder (default: generated "
+                                      "JPEGs in a temporary folder)")
+    workers: Optional[int] = option(None, "--loader: worker processes (default: all cores)")
+    batches: int = option(20, "--loader: batches to time")
+    gpu_decode: bool = option(False, "--loader: decode JPEGs on the GPU")
+    estimator: EstimatorSettings = option(
+        default_factory=lambda: EstimatorSettings(precision="strict"), help="the estimate")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="vgg5", choices=models.available())
-    p.add_argument("--image-size", type=int, default=None,
-                   help="default: 28 for mlp, 32 for vgg5, 224 for vgg10")
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", default="strict", choices=PRECISIONS)
-    p.add_argument("--schemes", nargs="+", default=["bp", "centered"], choices=ep.ALL_SCHEMES,
-                   metavar="SCHEME", help=f"any of {', '.join(ep.ALL_SCHEMES)} "
-                   "(default: bp centered)")
-    p.add_argument("--measure", nargs="+", default=["speed"], choices=MEASURES)
-    p.add_argument("--beta", type=float, default=0.05, help="β for the speed runs")
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--cost", default="ce", choices=COSTS)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--cpu-timer", default="wall", choices=CPU_TIMERS,
-                   help="CPU only: wall (perf_counter, default) or process (process_time)")
-    p.add_argument("--fidelity-betas", type=float, nargs="+", default=[0.05, 0.005, 0.0005])
-    p.add_argument("--fidelity-batch", type=int, default=16)
-    p.add_argument("--reference-device", default=None,
-                   help="where the float64 reference runs (default: --device)")
-    p.add_argument("--fused", action="store_true",
-                   help="compile the elementwise work with torch.compile (see BENCHMARKS.md)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="also write the JSON to this file")
-    g = p.add_argument_group("input pipeline (--loader: time workbench.data.imagenet alone)")
-    g.add_argument("--loader", action="store_true")
-    g.add_argument("--data-root", default=None,
-                   help="an ImageNet folder (default: generated JPEGs in a temporary folder)")
-    g.add_argument("--workers", type=int, default=None, help="default: all CPU cores")
-    g.add_argument("--batches", type=int, default=20)
-    g.add_argument("--gpu-decode", action="store_true")
+    flags.add_flags(p, BenchOptions(), skip=("scheme",), choices={"model": models.available()})
 
 
-def _check(args) -> None:
-    for name in ("batch_size", "repeats", "iterations", "fidelity_batch", "batches"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.beta <= 0 or any(b <= 0 for b in args.fidelity_betas):
-        raise ValueError("--beta and --fidelity-betas take values > 0")
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine "
+def options_from_args(args) -> BenchOptions:
+    given = flags.given(args, BenchOptions, skip=("scheme",))
+    est = BenchOptions().estimator.replace(**given.pop("estimator", {}))
+    return dataclasses.replace(BenchOptions(), **given, estimator=est)
+
+
+def _check(o: BenchOptions) -> None:
+    for name in ("batch_size", "repeats", "fidelity_batch", "batches"):
+        if getattr(o, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(o, name)}")
+    if o.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {o.warmup}")
+    if any(b <= 0 for b in o.fidelity_betas):
+        raise ValueError("--fidelity-betas take values > 0")
+    if o.device and o.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {o.device}: CUDA is not available on this machine "
                          f"(torch {torch.__version__}); use --device cpu")
 
 
-def _loader(args, device: torch.device) -> dict:
+def _loader(args: BenchOptions, device: torch.device) -> dict:
     try:
         from .data.imagenet import bench_loader
     except ImportError as e:
@@ -376,44 +382,42 @@ def _loader(args, device: torch.device) -> dict:
 
 
 def run(args) -> dict:
-    _check(args)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    o = args if isinstance(args, BenchOptions) else options_from_args(args)
+    _check(o)
+    s = o.estimator
+    device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if o.threads:
+        torch.set_num_threads(o.threads)
     torch.backends.cudnn.benchmark = device.type == "cuda"
-    if args.loader:
-        return {"loader": _loader(args, device), **environment(device)}
-    size = args.image_size or DEFAULT_SIZES.get(args.model, 32)
-    out = {"model": args.model, "image_size": size, "in_channels": args.in_channels,
-           "num_classes": args.num_classes, "precision": args.precision, "cost": args.cost,
-           "iterations": args.iterations, "fused": args.fused, **environment(device)}
-    if "speed" in args.measure:
-        net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
-                               args.batch_size, device, args.seed)
-        out["speed"] = {"batch_size": args.batch_size, "beta": args.beta,
-                        "warmup": args.warmup, "repeats": args.repeats,
+    if o.loader:
+        return {"loader": _loader(o, device), **environment(device)}
+    size = o.image_size or models.default_image_size(o.model)
+    out = {"model": o.model, "image_size": size, "in_channels": o.in_channels,
+           "num_classes": o.num_classes, **s.replace(scheme="centered").to_dict(),
+           **environment(device)}
+    out.pop("scheme")
+
+    def batch(n):
+        return make_batch(o.model, size, o.in_channels, o.num_classes, n, device, o.seed)
+
+    if "speed" in o.measure:
+        net, x, y = batch(o.batch_size)
+        out["speed"] = {"batch_size": o.batch_size, "beta": s.beta, "warmup": o.warmup,
+                        "repeats": o.repeats,
                         "timer": "cuda events" if device.type == "cuda" else
-                        {"wall": "perf_counter", "process": "process_time"}[args.cpu_timer],
-                        "algorithms": speed(net, x, y, args.schemes, precision=args.precision,
-                                            beta=args.beta, iterations=args.iterations,
-                                            cost=args.cost, warmup=args.warmup,
-                                            repeats=args.repeats, fused=args.fused,
-                                            cpu_timer=args.cpu_timer)}
-    if "profile" in args.measure:
-        net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
-                               args.batch_size, device, args.seed)
-        out["profile"] = {a: profile(net, x, y, a, precision=args.precision, beta=args.beta,
-                                     iterations=args.iterations, cost=args.cost,
-                                     fused=args.fused) for a in args.schemes}
-    if "fidelity" in args.measure:
-        net, x, y = make_batch(args.model, size, args.in_channels, args.num_classes,
-                               args.fidelity_batch, device, args.seed)
-        schemes = [s for s in args.schemes if s != "bp"] or ["centered"]
-        out["fidelity"] = {"batch_size": args.fidelity_batch, "rule_slack": RULE_SLACK,
-                           **fidelity(net, x, y, schemes, precisions=[args.precision],
-                                      betas=args.fidelity_betas, iterations=args.iterations,
-                                      cost=args.cost, reference_device=args.reference_device,
-                                      fused=args.fused, seed=args.seed)}
+                        {"wall": "perf_counter", "process": "process_time"}[o.cpu_timer],
+                        "algorithms": speed(net, x, y, o.schemes, s, warmup=o.warmup,
+                                            repeats=o.repeats, cpu_timer=o.cpu_timer)}
+    if "profile" in o.measure:
+        net, x, y = batch(o.batch_size)
+        out["profile"] = {a: profile(net, x, y, a, s) for a in o.schemes}
+    if "fidelity" in o.measure:
+        net, x, y = batch(o.fidelity_batch)
+        schemes = [a for a in o.schemes if a != "bp"] or ["centered"]
+        out["fidelity"] = {"batch_size": o.fidelity_batch, "rule_slack": RULE_SLACK,
+                           **fidelity(net, x, y, schemes, s, precisions=[s.precision],
+                                      betas=o.fidelity_betas,
+                                      reference_device=o.reference_device, seed=o.seed)}
     return out
 
 
@@ -421,7 +425,7 @@ def main(args) -> int:
     out = run(args)
     text = json.dumps(out, indent=2)
     print(text)
-    if args.out:
+    if getattr(args, "out", None):
         with open(args.out, "w") as f:
             f.write(text + "\n")
     return 0

@@ -1,67 +1,71 @@
 """``workbench gradcheck``: per-layer cosine and relative error of an EP estimate against BP.
 
-Runs on one seeded batch of synthetic inputs (uniform [0, 1) pixels, random labels), so it needs
-no dataset: it checks the estimator, not a training run.
+Runs on one seeded batch of synthetic inputs (:func:`workbench.data.synthetic.batch`), so it
+needs no dataset: it checks the estimator, not a training run.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from . import ep, models
-from .energy import COSTS
-from .settings import ORDERS, PRECISIONS, UPDATES
+from . import ep, flags, models
+from .data.synthetic import batch
+from .flags import option
+from .settings import EstimatorSettings
 
-DEFAULT_SIZES = {"mlp": 28, "vgg5": 32, "vgg10": 32}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
+@dataclass(frozen=True)
+class GradcheckOptions:
+    """What ``workbench gradcheck`` runs on (the estimator: :class:`EstimatorSettings`)."""
+    model: str = option("mlp", "model name")
+    dtype: str = option("float64", "the model's dtype", sorted(DTYPES))
+    batch_size: int = option(16, "images in the batch")
+    image_size: Optional[int] = option(None, "input size (default: the model's registry size)")
+    in_channels: int = option(1, "input channels")
+    num_classes: int = option(10, "classes")
+    device: str = option("cpu", "cpu or cuda")
+    seed: int = option(0, "seed of the model, the batch and the random scheme's signs")
+    json: bool = option(False, "print one JSON object instead of a table")
+    estimator: EstimatorSettings = option(default_factory=EstimatorSettings,
+                                          help="the estimate")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="mlp", choices=models.available())
-    p.add_argument("--scheme", default="centered", choices=ep.SCHEMES)
-    p.add_argument("--beta", type=float, default=0.05)
-    p.add_argument("--iterations", type=int, default=10)
-    p.add_argument("--cost", default="ce", choices=COSTS)
-    p.add_argument("--update", default="mod_pgd", choices=UPDATES)
-    p.add_argument("--order", default="async", choices=ORDERS)
-    p.add_argument("--precision", default="strict", choices=PRECISIONS)
-    p.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=None,
-                   help="default: 28 for mlp, 32 for vgg5 and vgg10")
-    p.add_argument("--in-channels", type=int, default=1)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    flags.add_flags(p, GradcheckOptions(), choices={"model": models.available()})
+
+
+def options_from_args(args) -> GradcheckOptions:
+    given = flags.given(args, GradcheckOptions)
+    est = EstimatorSettings().replace(**given.pop("estimator", {}))
+    return dataclasses.replace(GradcheckOptions(), **given, estimator=est)
 
 
 def run(args) -> dict:
-    torch.manual_seed(args.seed)
-    size = args.image_size or DEFAULT_SIZES.get(args.model, 32)
-    net = models.build(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
-                       image_size=size).to(args.device, DTYPES[args.dtype])
-    gen = torch.Generator().manual_seed(args.seed)
-    x = torch.rand((args.batch_size, args.in_channels, size, size), generator=gen)
-    y = torch.randint(0, args.num_classes, (args.batch_size,), generator=gen)
-    x, y = x.to(args.device, DTYPES[args.dtype]), y.to(args.device)
-    ref = ep.estimate(net, x, y, scheme="bp", cost=args.cost, accumulate=False)
-    est = ep.estimate(net, x, y, scheme=args.scheme, beta=args.beta, iterations=args.iterations,
-                      cost=args.cost, update=args.update, order=args.order,
-                      precision=args.precision, accumulate=False, generator=gen)
+    o = args if isinstance(args, GradcheckOptions) else options_from_args(args)
+    s = o.estimator
+    size = o.image_size or models.default_image_size(o.model)
+    net, x, y = batch(o.model, o.batch_size, num_classes=o.num_classes,
+                      in_channels=o.in_channels, image_size=size, seed=o.seed,
+                      device=o.device, dtype=DTYPES[o.dtype])
+    gen = torch.Generator().manual_seed(o.seed)
+    ref = ep.estimate(net, x, y, s, scheme="bp", accumulate=False)
+    est = ep.estimate(net, x, y, s, accumulate=False, generator=gen)
     layers = ep.compare(net, est.grads, ref.grads)
-    return {"model": args.model, "scheme": args.scheme, "beta": args.beta,
-            "iterations": args.iterations, "cost": args.cost, "update": args.update,
-            "order": args.order, "precision": args.precision, "dtype": args.dtype,
-            "batch_size": args.batch_size, "image_size": size, "seed": args.seed,
+    return {"model": o.model, **s.to_dict(), "dtype": o.dtype, "batch_size": o.batch_size,
+            "image_size": size, "seed": o.seed,
             "final_energy": [ph.final_energy for ph in est.trace.phases], "layers": layers}
 
 
 def main(args) -> int:
     out = run(args)
-    if args.json:
+    if out.pop("json", None) or getattr(args, "json", False):
         print(json.dumps(out, indent=2))
         return 0
     print(f"{out['model']} {out['scheme']} beta={out['beta']} K={out['iterations']} "

@@ -46,10 +46,18 @@ def _json_bytes(obj) -> bytes:
 
 
 def config_diff(saved: dict, new: dict, ignore=()) -> list[str]:
-    """``"key: saved → new"`` for every key whose value differs (JSON-normalised)."""
+    """``"key: saved → new"`` for every key whose value differs (JSON-normalised); nested
+    dicts (the estimator settings) are compared key by key as ``outer.inner``."""
     a, b = json.loads(json.dumps(saved)), json.loads(json.dumps(new))
-    return [f"{k}: {json.dumps(a.get(k))} → {json.dumps(b.get(k))}"
-            for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k in ignore or a.get(k) == b.get(k):
+            continue
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += [f"{k}.{line}" for line in config_diff(a[k], b[k])]
+        else:
+            out.append(f"{k}: {json.dumps(a.get(k))} → {json.dumps(b.get(k))}")
+    return out
 
 
 class RunFolder:
@@ -63,13 +71,16 @@ class RunFolder:
         return self.path / name
 
     # -- starting and resuming -----------------------------------------------------------------
-    def check(self, config: dict, resume: bool, ignore=()) -> Optional[dict]:
+    def check(self, config: dict, resume: bool, ignore=(),
+              normalise=None) -> Optional[dict]:
         """Check the folder before anything is written; return the checkpoint to resume from.
 
         New run: refuses a folder that already holds a run (never overwrites it). Resume:
         refuses a folder without ``config.json`` or whose config differs (listing the
-        differences, except keys in ``ignore``). Returns None for a new run, or a resumed one
-        killed before its first checkpoint.
+        differences, except keys in ``ignore``; ``normalise`` brings a saved config written by
+        an earlier version to the current layout first, or raises ``ValueError`` saying why it
+        cannot resume). Returns None for a new run, or a resumed one killed before its first
+        checkpoint.
         """
         cfg_file, ckpt_file = self.file(CONFIG), self.file(CHECKPOINT)
         if not resume:
@@ -80,7 +91,10 @@ class RunFolder:
         if not cfg_file.is_file():
             raise ValueError(f"cannot resume: {cfg_file} does not exist (start the run "
                              f"without --resume, or point --run-dir at an existing run)")
-        diff = config_diff(json.loads(cfg_file.read_text()), config, ignore)
+        saved = json.loads(cfg_file.read_text())
+        if normalise is not None:
+            saved = normalise(saved)
+        diff = config_diff(saved, config, ignore)
         if diff:
             raise ValueError(f"cannot resume {self.path}: its config differs from this one "
                              f"(saved → now):\n  " + "\n  ".join(diff) +

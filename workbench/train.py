@@ -14,7 +14,7 @@ scheme's signs (drawn for the GLOBAL batch and sliced per process) — and the l
 function of the step, so a checkpoint (model, optimizer, counters, running sums, RNG state) is
 enough to continue to exactly the uninterrupted result on the CPU.
 
-Defaults follow the paper's VGG5 cross-entropy recipe (METHOD.md §5): β = 0.02, K = 5, lr 0.01,
+Defaults follow the paper's VGG5 cross-entropy recipe (docs/method.md §8): β = 0.02, K = 5, lr 0.01,
 momentum 0.9 (Nesterov), weight decay 3e-4, batch 64, 100 epochs, cosine down to 1e-6. The cosine
 schedule is applied per step: ``lr(t) = min_lr + (lr − min_lr)(1 + cos(π t / T)) / 2``, ``T`` the
 number of steps of the whole run.
@@ -23,138 +23,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import sys
 import time
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from . import data, distributed, ep, models
-from .data.loader import EpochBatches, SeededItems, make_loader, mix_seed
-from .energy import COSTS, cost
+from .config import RESUMABLE, TrainConfig, add_arguments, config_from_args, saved_config
+from .data.loader import EpochBatches, fixed_batch, make_loader, mix_seed
+from .energy import cost
 from .precision import Precision, precision_context
-from .settings import ORDERS, PRECISIONS, UPDATES
+from .progress import Progress
 from .runfolder import CHECKPOINT, RunFolder, git_commit, hardware
 
-__all__ = ["TrainConfig", "run", "NonFiniteError", "add_arguments", "main"]
-
-ALGORITHMS = ("ep", "bp")
-PROGRESS = ("auto", "text", "none")
-#: fields that may change when a run is resumed (they do not change what is computed)
-RESUMABLE = ("resume", "progress", "workers", "run_dir", "data_root", "download", "device")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; the field names are the CLI flags with underscores."""
-    dataset: str = "fashion-mnist"
-    data_root: Optional[str] = None
-    model: str = "vgg5"
-    image_size: Optional[int] = None
-    algorithm: str = "ep"
-    scheme: str = "centered"
-    beta: float = 0.02
-    iterations: int = 5
-    cost: str = "ce"
-    update: str = "mod_pgd"
-    order: str = "async"
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 3e-4
-    min_lr: float = 1e-6
-    limit_train: Optional[int] = None
-    limit_test: Optional[int] = None
-    checkpoint_every: int = 0
-    device: str = "auto"
-    seed: int = 0
-    run_dir: Optional[str] = None
-    resume: bool = False
-    progress: str = "auto"
-    workers: int = 0
-    probe_every: int = 100
-    probe_size: int = 64
-    precision: str = "strict"
-    eval_batch_size: int = 256
-    model_args: dict = field(default_factory=dict)
-    data_args: dict = field(default_factory=dict)
-    in_channels: Optional[int] = None
-    num_classes: Optional[int] = None
-    download: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown config fields {unknown}; accepted: "
-                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def validate(self) -> "TrainConfig":
-        """Raise ``ValueError`` naming the field, the value and what is accepted."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), hints[f.name])
-        choices = {"dataset": data.available(), "model": models.available(),
-                   "algorithm": ALGORITHMS, "scheme": ep.SCHEMES, "cost": COSTS,
-                   "update": UPDATES, "order": ORDERS, "progress": PROGRESS,
-                   "precision": PRECISIONS}
-        for name, accepted in choices.items():
-            if getattr(self, name) not in accepted:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; accepted: "
-                                 f"{', '.join(accepted)}")
-        rules = [("beta", self.beta > 0 and math.isfinite(self.beta), "> 0"),
-                 ("iterations", self.iterations >= 1, ">= 1"),
-                 ("epochs", self.epochs >= 1, ">= 1"),
-                 ("batch_size", self.batch_size >= 1, ">= 1"),
-                 ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
-                 ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-                 ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                 ("min_lr", 0 <= self.min_lr <= self.lr, "in [0, lr]"),
-                 ("limit_train", self.limit_train is None or self.limit_train >= 1, ">= 1"),
-                 ("limit_test", self.limit_test is None or self.limit_test >= 1, ">= 1"),
-                 ("image_size", self.image_size is None or self.image_size >= 1, ">= 1"),
-                 ("checkpoint_every", self.checkpoint_every >= 0, ">= 0 (0: every epoch only)"),
-                 ("workers", self.workers >= 0, ">= 0"),
-                 ("probe_every", self.probe_every >= 0, ">= 0 (0: no probe)"),
-                 ("probe_size", self.probe_size >= 1, ">= 1"),
-                 ("eval_batch_size", self.eval_batch_size >= 1, ">= 1")]
-        for name, ok, accepted in rules:
-            if not ok:
-                raise ValueError(f"{name} must be {accepted}, got {getattr(self, name)!r}")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov needs momentum > 0 (or pass --no-nesterov)")
-        if self.resume and not self.run_dir:
-            raise ValueError("resume needs run_dir: the folder of the run to continue")
-        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        return self
-
-
-def _check_type(name: str, value, hint) -> None:
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
-    if value is None and optional:
-        return
-    ok = {int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          bool: isinstance(value, bool), str: isinstance(value, str),
-          dict: isinstance(value, dict)}[base]
-    if not ok:
-        raise ValueError(f"{name} must be {'None or ' if optional else ''}{base.__name__}, got "
-                         f"{value!r}")
+__all__ = ["TrainConfig", "run", "NonFiniteError", "add_arguments", "config_from_args", "main",
+           "cosine_lr", "input_size", "build_datasets", "build_model"]
 
 
 class NonFiniteError(RuntimeError):
@@ -167,56 +54,41 @@ def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# progress display
-# ---------------------------------------------------------------------------------------------
-class Progress:
-    """``tqdm``: a bar per epoch; ``text``: a plain line every tenth of an epoch (and at least
-    once a minute); ``none``: silent."""
-
-    def __init__(self, mode: str, enabled: bool):
-        if mode == "auto":
-            mode = "tqdm" if sys.stderr.isatty() else "text"
-        self.mode = mode if enabled else "none"
-        self.bar = None
-
-    def epoch(self, epoch: int, epochs: int, start: int, total: int) -> None:
-        self.total, self.tag = total, f"epoch {epoch + 1}/{epochs}"
-        self.every = max(1, total // 10)
-        self.printed = time.monotonic()
-        if self.mode == "tqdm":
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=start, desc=self.tag, leave=False,
-                            dynamic_ncols=True)
-
-    def step(self, i: int, loss: float, lr: float) -> None:
-        if self.mode == "tqdm":
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
-        elif self.mode == "text" and (i % self.every == 0 or i == self.total
-                                      or time.monotonic() - self.printed > 60):
-            self.printed = time.monotonic()
-            print(f"{self.tag} step {i}/{self.total} loss {loss:.4f} lr {lr:.3g}", flush=True)
-
-    def line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        if self.mode != "none":
-            print(text, flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
 def _default_run_dir(cfg: TrainConfig) -> str:
-    what = cfg.algorithm if cfg.algorithm == "bp" else f"ep-{cfg.scheme}"
+    what = cfg.algorithm if cfg.algorithm == "bp" else f"ep-{cfg.estimator.scheme}"
     return str(Path("runs") / f"{cfg.model}-{cfg.dataset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def input_size(cfg: TrainConfig) -> Optional[int]:
-    """The image size the data is prepared at: ``cfg.image_size``, else 32 for vgg5 (28×28 data
-    zero-padded, the paper's MNIST set-up), else the dataset's own (None)."""
-    return cfg.image_size or (32 if cfg.model == "vgg5" else None)
+    """The image size the data is prepared at: ``cfg.image_size``, else vgg5's registry size
+    (32: 28×28 data zero-padded, the paper's MNIST set-up), else the dataset's own (None)."""
+    return cfg.image_size or (models.default_image_size("vgg5") if cfg.model == "vgg5" else None)
+
+
+def build_datasets(cfg: TrainConfig, splits=("train", "test")) -> list:
+    """The datasets of a run, as the trainer (and the widgets' :func:`load_run`) build them."""
+    kw = dict(data_root=cfg.data_root, image_size=input_size(cfg), in_channels=cfg.in_channels,
+              num_classes=cfg.num_classes, download=cfg.download, options=cfg.data_args)
+    return [data.build(cfg.dataset, split, **kw) for split in splits]
+
+
+def build_model(cfg: TrainConfig, dataset) -> "models.PCN":
+    """The run's model for a built dataset (its shape decides the model's)."""
+    shape = data.describe(dataset, cfg.dataset, input_size(cfg))
+    return models.build(cfg.model, **shape, **cfg.model_args)
+
+
+def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """``cfg`` with ``precision="auto"`` and ``fused=None`` decided for ``device`` (a float32
+    model), so that config.json records the arithmetic the run used and a resume on another
+    device cannot change it silently."""
+    est = cfg.estimator
+    precision = Precision.resolve(est.precision, torch.float32, device)
+    fused = est.fused if est.fused is not None else (precision == "fast"
+                                                     and device.type == "cuda")
+    return dataclasses.replace(cfg, estimator=est.replace(precision=precision, fused=fused))
 
 
 class Trainer:
@@ -226,14 +98,9 @@ class Trainer:
                  folder: RunFolder, callback: Optional[Callable[[dict], None]] = None):
         self.cfg, self.dist, self.device, self.callback = cfg, dist, device, callback
         self.folder = folder
-        size = input_size(cfg)
-        kw = dict(data_root=cfg.data_root, image_size=size, in_channels=cfg.in_channels,
-                  num_classes=cfg.num_classes, download=cfg.download, options=cfg.data_args)
-        self.train_set = data.build(cfg.dataset, "train", **kw)
-        self.test_set = data.build(cfg.dataset, "test", **kw)
-        shape = data.describe(self.train_set, cfg.dataset, size)
+        self.train_set, self.test_set = build_datasets(cfg)
         torch.manual_seed(cfg.seed)
-        self.net = models.build(cfg.model, **shape, **cfg.model_args).to(device)
+        self.net = build_model(cfg, self.train_set).to(device)
         self.params = list(self.net.parameters())
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -251,7 +118,7 @@ class Trainer:
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.n_train, self.n_test = n_train, n_test
-        self.precision = Precision.make(cfg.precision, torch.float32, device)
+        self.precision = Precision.make(cfg.estimator.precision, torch.float32, device)
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.acc = self._fresh_acc()
         self.best: dict = {}
@@ -275,7 +142,7 @@ class Trainer:
     def _signs(self, n: int) -> torch.Tensor:
         """The random scheme's ±1 per example: drawn for the global batch, sliced per rank."""
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, "signs", self.step))
-        signs = torch.randint(0, 2, (self.cfg.batch_size,), generator=gen) * 2 - 1
+        signs = ep.random_signs(self.cfg.batch_size, gen)
         per = self.cfg.batch_size // self.dist.world
         return signs[self.dist.rank * per:self.dist.rank * per + n]
 
@@ -288,13 +155,10 @@ class Trainer:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         if cfg.algorithm == "bp":
-            est = ep.estimate(self.net, x, y, scheme="bp", cost=cfg.cost,
-                              precision=cfg.precision)
+            est = ep.estimate(self.net, x, y, cfg.estimator, scheme="bp")
         else:
-            est = ep.estimate(self.net, x, y, scheme=cfg.scheme, beta=cfg.beta,
-                              iterations=cfg.iterations, cost=cfg.cost, update=cfg.update,
-                              order=cfg.order, signs=self._signs(len(y)) if cfg.scheme ==
-                              "random" else "example", precision=cfg.precision, trace=False)
+            signs = self._signs(len(y)) if cfg.estimator.scheme == "random" else None
+            est = ep.estimate(self.net, x, y, cfg.estimator, signs=signs, trace=False)
         phases = est.trace.phases
         stats = torch.tensor([est.loss,
                               sum(p.final_energy for p in phases) / max(len(phases), 1),
@@ -335,7 +199,7 @@ class Trainer:
                 top = logits.topk(k, 1).indices
                 totals += torch.stack([
                     torch.tensor(float(len(y)), device=self.device),
-                    cost(self.cfg.cost, logits, y).double().sum(),
+                    cost(self.cfg.estimator.cost, logits, y).double().sum(),
                     (top[:, 0] != y).double().sum(),
                     (~(top == y[:, None]).any(1)).double().sum()])
         self.dist.sum([totals])
@@ -350,16 +214,14 @@ class Trainer:
         cfg = self.cfg
         gen = torch.Generator().manual_seed(mix_seed(cfg.seed, "probe"))
         idx = torch.randperm(self.n_test, generator=gen)[:cfg.probe_size].tolist()
-        x, y = SeededItems(self.test_set, augment=False).__getitems__([(i, 0) for i in idx])
+        x, y = fixed_batch(self.test_set, idx)
         x, y = self._to_device(self.test_set, x, y)
-        ref, _, _ = ep.bp_gradients(self.net, x, y, cfg.cost, "strict")
-        est = ep.estimate(self.net, x, y, scheme=cfg.scheme, beta=cfg.beta,
-                          iterations=cfg.iterations, cost=cfg.cost, update=cfg.update,
-                          order=cfg.order, precision=cfg.precision, trace=False,
-                          accumulate=False, generator=gen)
+        s = cfg.estimator
+        ref, _, _ = ep.bp_gradients(self.net, x, y, s.cost, "strict")
+        est = ep.estimate(self.net, x, y, s, trace=False, accumulate=False, generator=gen)
         rows = ep.compare(self.net, est.grads, ref)
         self._emit({"type": "probe", "epoch": self.epoch, "step": self.step,
-                    "scheme": cfg.scheme, "beta": cfg.beta, "iterations": cfg.iterations,
+                    "scheme": s.scheme, "beta": s.beta, "iterations": s.iterations,
                     "cosine": [r["cosine"] for r in rows],
                     "rel_error": [r["rel_error"] for r in rows],
                     "final_energy": sum(p.final_energy for p in est.trace.phases)
@@ -487,9 +349,11 @@ def run(config, callback: Optional[Callable[[dict], None]] = None) -> dict:
     cfg = dataclasses.replace(cfg).validate()
     dist, device = distributed.setup(cfg.device)
     try:
+        cfg = resolve(cfg, device)
         cfg.run_dir = dist.broadcast(cfg.run_dir or _default_run_dir(cfg))
         folder = RunFolder(cfg.run_dir, writer=dist.is_main)
-        ckpt = folder.check(cfg.to_dict(), cfg.resume, ignore=RESUMABLE)
+        ckpt = folder.check(cfg.to_dict(), cfg.resume, ignore=RESUMABLE,
+                            normalise=saved_config)
         dist.barrier()
         return Trainer(cfg, dist, device, folder, callback).fit(ckpt)
     finally:
@@ -497,84 +361,8 @@ def run(config, callback: Optional[Callable[[dict], None]] = None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
+# command line (the flags: workbench.config)
 # ---------------------------------------------------------------------------------------------
-HELP = {
-    "dataset": "dataset name", "data_root": "folder holding the datasets (else $WORKBENCH_DATA)",
-    "image_size": "input size (default: 32 for vgg5, else the dataset's own)",
-    "algorithm": "ep (the estimator --scheme) or bp (backprop)",
-    "scheme": "EP estimator", "beta": "nudging strength β > 0", "iterations": "K per phase",
-    "batch_size": "the GLOBAL batch (split over the processes)",
-    "lr": "peak learning rate (cosine schedule over all steps)", "min_lr": "final learning rate",
-    "limit_train": "use only the first N training images",
-    "limit_test": "use only the first N test images",
-    "checkpoint_every": "also checkpoint every N steps (0: each epoch only)",
-    "device": "auto, cpu, cuda or cuda:N", "run_dir": "run folder (default: runs/<name>-<time>)",
-    "resume": "continue the run in --run-dir from its checkpoint (flags not given are taken "
-              "from its config.json; flags that differ are refused)",
-    "progress": "auto: a bar on a terminal, text lines otherwise",
-    "workers": "DataLoader worker processes", "probe_every": "log EP-vs-BP gradient cosines "
-    "every N steps (0: never)", "probe_size": "images in the fixed probe batch",
-    "precision": "strict (fp32, TF32 off) or fast (bf16 convs)",
-    "model_args": "model override NAME=VALUE (JSON value), e.g. widths=[256,256]; repeatable",
-    "data_args": "dataset option NAME=VALUE, e.g. decode=device (imagenet: JPEG decode on the "
-                 "GPU); repeatable",
-    "in_channels": "channels of the synthetic dataset", "num_classes": "classes of synthetic",
-    "download": "let torchvision download MNIST / Fashion-MNIST / CIFAR when missing",
-}
-
-
-def _name_value(text: str) -> tuple:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError:
-        return name, value
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """One flag per :class:`TrainConfig` field. Defaults are applied in :func:`main`, so that
-    ``--resume`` can tell the flags given from the ones left out."""
-    defaults = TrainConfig()
-    hints = typing.get_type_hints(TrainConfig)
-    choices = {"dataset": data.available(), "model": models.available(),
-               "algorithm": ALGORITHMS, "scheme": ep.SCHEMES, "cost": COSTS, "update": UPDATES,
-               "order": ORDERS, "progress": PROGRESS, "precision": PRECISIONS}
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        text = f"{HELP.get(f.name, '')} (default: {default})".strip()
-        if f.name in ("model_args", "data_args"):
-            p.add_argument(f"--{f.name[:-1].replace('_', '-')}", dest=f.name, action="append",
-                           type=_name_value, default=argparse.SUPPRESS, metavar="NAME=VALUE",
-                           help=HELP[f.name])
-        elif f.name == "resume":
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
-        elif hints[f.name] is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=text)
-        else:
-            base = next((a for a in typing.get_args(hints[f.name]) if a is not type(None)),
-                        hints[f.name])
-            p.add_argument(flag, type=base, choices=choices.get(f.name),
-                           default=argparse.SUPPRESS, help=text)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The flags given, over the saved config (``--resume``) or the defaults."""
-    given = {k: v for k, v in vars(args).items() if k != "command"}
-    for name in ("model_args", "data_args"):
-        if name in given:
-            given[name] = dict(given[name])
-    base = TrainConfig().to_dict()
-    saved = Path(given.get("run_dir") or "") / "config.json"
-    if given.get("resume") and saved.is_file():
-        base = json.loads(saved.read_text())
-    return TrainConfig.from_dict({**base, **given})
-
-
 def main(args: argparse.Namespace) -> int:
     try:
         summary = run(config_from_args(args))

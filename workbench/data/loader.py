@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
-__all__ = ["mix_seed", "EpochBatches", "SeededItems", "make_loader"]
+__all__ = ["mix_seed", "EpochBatches", "SeededItems", "make_loader", "fixed_batch"]
 
 
 def mix_seed(*parts) -> int:
@@ -100,6 +100,12 @@ class SeededItems(Dataset):
                 torch.manual_seed(s)
                 items.append(self.dataset[i])
         return default_collate(items)
+
+
+def fixed_batch(dataset: Dataset, indices) -> tuple:
+    """Items ``indices`` of ``dataset`` as one batch ``(x, y)``, without augmentation (the
+    training loop's probe batch)."""
+    return SeededItems(dataset, augment=False).__getitems__([(int(i), 0) for i in indices])
 
 
 def _whole_batch(batch):

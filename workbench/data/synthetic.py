@@ -17,7 +17,8 @@ from PIL import Image
 
 from .images import ImageDataset
 
-__all__ = ["build_synthetic", "SIZES", "photo", "encode", "wnids", "write_class_folders"]
+__all__ = ["build_synthetic", "SIZES", "images", "batch", "photo", "encode", "wnids",
+           "write_class_folders"]
 
 SIZES = {"train": 2048, "test": 512}
 
@@ -40,6 +41,35 @@ def build_synthetic(split: str, image_size: Optional[int] = None, *,
     images = (templates[labels] // 2 + noise).to(torch.uint8)
     return ImageDataset(images, labels, num_classes=classes, mean=(0.5,) * channels,
                         std=(0.25,) * channels, name="synthetic")
+
+
+# ---------------------------------------------------------------------------------------------
+# one seeded batch (gradcheck, bench, the widgets, the tests)
+# ---------------------------------------------------------------------------------------------
+def images(n: int, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
+           seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` uniform [0, 1) images ``(n, C, S, S)`` drawn in ``dtype`` and random labels
+    ``(n,)``, from a generator seeded with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, in_channels, image_size, image_size), generator=gen, dtype=dtype)
+    return x, torch.randint(0, num_classes, (n,), generator=gen)
+
+
+def batch(model: str, n: int, *, num_classes: int = 10, in_channels: int = 1,
+          image_size: Optional[int] = None, seed: int = 0, data_seed: Optional[int] = None,
+          device="cpu", dtype: torch.dtype = torch.float32, **overrides):
+    """``(net, x, y)``: model ``model`` built after ``torch.manual_seed(seed)`` (``overrides``
+    go to :func:`workbench.models.build`; ``image_size`` defaults to the model's registry
+    size), and :func:`images` drawn with ``data_seed`` (default ``seed``), all on ``device`` in
+    ``dtype``."""
+    from .. import models
+    size = image_size or models.default_image_size(model)
+    torch.manual_seed(seed)
+    net = models.build(model, num_classes=num_classes, in_channels=in_channels,
+                       image_size=size, **overrides).to(device, dtype)
+    x, y = images(n, in_channels, size, num_classes, seed if data_seed is None else data_seed,
+                  dtype)
+    return net, x.to(device), y.to(device)
 
 
 # ---------------------------------------------------------------------------------------------
