@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 6's GPU checks in one run: fidelity, speed and memory of EP beside BP on one GPU
-# (VGG10 at 224x224), printed as one table; gpu_check.json goes to $OUT (or --out) when set.
-#   bench/gpu_check.sh               # on the GPU machine, about 5-8 minutes on one H100
+# The GPU checks in one run: correctness on CUDA (pytest -m gpu), speed, fidelity, memory and a
+# profile of EP beside BP (VGG10 at 224x224), and real training (vgg5 on Fashion-MNIST), printed
+# as one table; gpu_check.json goes to $OUT (or --out) when set.
+#   bench/gpu_check.sh               # on the GPU machine, about 4-7 minutes on one H200
 #   bench/gpu_check.sh --cpu-smoke   # tiny CPU dry run of the same code (CI runs it)
 #   bench/gpu_check.sh --help
 # Python: $PYTHON if set, else .venv/bin/python if present, else python3. Needs torch (>= 2.11)

@@ -1,4 +1,4 @@
-"""`workbench bench` and `bench/gpu_check.sh` (issue 6). Each test names its oracle.
+"""`workbench bench` and `bench/gpu_check.sh`. Each test names its oracle.
 
 Speed itself is never asserted here (benchmarks, not unit tests, check speed targets): these
 tests check the harness — its arithmetic, its fidelity rule, its errors and that the GPU script
@@ -87,13 +87,13 @@ def test_speed_harness_order_medians_and_ratio(monkeypatch):
     """Oracle: a scripted clock — warm-up calls first, then the algorithms round-robin; the
     report holds each algorithm's median and its ratio to BP's median."""
     calls = []
-    monkeypatch.setattr(bench, "_step", lambda net, x, y, a, *rest: lambda: calls.append(a))
+    monkeypatch.setattr(bench, "make_step", lambda net, x, y, a, *rest: lambda: calls.append(a))
     script = iter([10.0, 50.0, 12.0, 41.0, 11.0, 45.0])
 
     def timer(fn):
         fn()
         return next(script)
-    monkeypatch.setattr(bench, "_timer", lambda device, cpu_timer: timer)
+    monkeypatch.setattr(bench, "make_timer", lambda device, cpu_timer: timer)
     x = torch.zeros(4, 1)
     out = bench.speed(None, x, None, ["bp", "centered"], warmup=2, repeats=3)
     assert calls == ["bp", "bp", "centered", "centered"] + ["bp", "centered"] * 3
@@ -200,10 +200,10 @@ def test_profile_bookkeeping_union_and_categories():
     """Oracles: hand-computed interval arithmetic — kernels at [0, 2], [1, 3], [5, 6] are busy
     4 µs of a 6 µs span (2 µs of gaps); and the category table — operators are counted under
     the first matching group of their outermost operator's name."""
-    assert bench._union_us([(5, 6), (0, 2), (1, 3)]) == (4, 6)
-    assert bench._union_us([]) == (0.0, 0.0)
-    assert bench._category("aten::conv_transpose2d") == "convolution"
-    assert bench._category("aten::max_unpool2d") == "pooling"
-    assert bench._category("aten::to") == "cast / copy"
-    assert bench._category("Torch-Compiled Region: 0/1") == "compiled (fused)"
-    assert bench._category("aten::maximum") == "elementwise / other"
+    assert bench.busy_and_span([(5, 6), (0, 2), (1, 3)]) == (4, 6)
+    assert bench.busy_and_span([]) == (0.0, 0.0)
+    assert bench.category("aten::conv_transpose2d") == "convolution"
+    assert bench.category("aten::max_unpool2d") == "pooling"
+    assert bench.category("aten::to") == "cast / copy"
+    assert bench.category("Torch-Compiled Region: 0/1") == "compiled (fused)"
+    assert bench.category("aten::maximum") == "elementwise / other"

@@ -8,9 +8,7 @@ import torch
 
 from workbench import energy, ep, models
 from workbench.data import synthetic
-from workbench import kernels
 from workbench.equilibrate import NudgedPhase, free_phase
-from workbench.layers import LayerMap
 from workbench.precision import Precision
 
 F64 = torch.float64
@@ -129,7 +127,7 @@ def test_bias_order_one_sided_linear_centered_quadratic(name):
     ("mlp", "mse", 3, 0.05, "mod_pgd"), ("mlp", "ce", 3, 0.05, "pgd"),
     ("vgg5", "ce", 4, 2.5e-4, "mod_pgd"), ("vgg10", "ce", 4, 0.05, "mod_pgd")])
 def test_converged_phase_satisfies_fixed_point_equations(name, cost, seed, beta, update):
-    """Oracle: METHOD.md §2's fixed-point equations, with Δ_k = ε_k − ∂F/∂h_k taken by autograd
+    """Oracle: docs/method.md §2's fixed-point equations, with Δ_k = ε_k − ∂F/∂h_k taken by autograd
     of the plainly written F = E + β·C (workbench.energy), not by the engine's own VJPs.
 
     (Batches and β are chosen where the phase converges: at β = 0.05 the small vgg5 falls into a
@@ -288,7 +286,7 @@ def test_trace_shapes_and_tolerance():
 
 
 def test_sync_order_moves_one_layer_per_iteration():
-    """Oracle: METHOD.md §2 — sync updates every layer from the old states, so the nudge moves
+    """Oracle: docs/method.md §2 — sync updates every layer from the old states, so the nudge moves
     down one layer per iteration (async: two), and it differs from async."""
     net, x, y = small("vgg10")
     sync = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=3, order="sync")
@@ -299,7 +297,7 @@ def test_sync_order_moves_one_layer_per_iteration():
 
 
 def test_async_order_reaches_output_first_then_one_layer_per_half_sweep():
-    """Oracle: METHOD.md §2 — signals travel 2 layers per async iteration, from the output."""
+    """Oracle: docs/method.md §2 — signals travel 2 layers per async iteration, from the output."""
     net, x, y = small("vgg10")
     est = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=2)
     ch = est.trace.phases[0].state_change          # (K, L), L = 10
@@ -308,7 +306,7 @@ def test_async_order_reaches_output_first_then_one_layer_per_half_sweep():
 
 
 def test_vgg10_parameter_count():
-    """Oracle: METHOD.md §4 — vgg10 at 224×224 with 1000 classes has ≈ 62M parameters."""
+    """Oracle: docs/method.md §4 — vgg10 at 224×224 with 1000 classes has ≈ 62M parameters."""
     net = models.build("vgg10", num_classes=1000, in_channels=3, image_size=224)
     count = sum(p.numel() for p in net.parameters())
     print(f"vgg10 parameters at 224x224, 1000 classes: {count:,}")
@@ -321,7 +319,7 @@ def test_vgg10_parameter_count():
 
 
 def test_vgg5_architecture():
-    """Oracle: METHOD.md §4 — conv 128 | 256,pool | 512,pool | 512,pool | 512,pool | dense."""
+    """Oracle: docs/method.md §4 — conv 128 | 256,pool | 512,pool | 512,pool | 512,pool | dense."""
     net = models.build("vgg5", num_classes=10, in_channels=1, image_size=32)
     assert [tuple(l.weight.shape[:2]) for l in net.layers] == [
         (128, 1), (256, 128), (512, 256), (512, 512), (512, 512), (10, 2048)]

@@ -1,4 +1,4 @@
-"""The fast path's precision-independent logic, on CPU (issue 6). Each test names its oracle.
+"""The fast path's precision-independent logic, on CPU. Each test names its oracle.
 
 The GPU half (bf16 tensor cores, speed, the fidelity rule at VGG10 scale) is `bench/gpu_check.sh`.
 """
@@ -56,7 +56,7 @@ def test_fast_plumbing_in_float64_equals_strict(name, monkeypatch):
 
 
 def plain_step(net, states, y, beta, update, sweeps):
-    """One iteration of METHOD.md §2 on full states; Δ_k = ε_k − ∂E/∂h_k by autograd of E."""
+    """One iteration of docs/method.md §2 on full states; Δ_k = ε_k − ∂E/∂h_k by autograd of E."""
     L = len(net.layers)
     for sweep in sweeps:
         hs = [states[0]] + [h.detach().requires_grad_() for h in states[1:]]
@@ -138,10 +138,10 @@ def test_skipping_zero_deviations_changes_nothing(monkeypatch):
 
 def test_bf16_fast_mode_is_faithful_to_float64():
     """Oracles: a float64 run of the same estimator (same β, K, weights, batch), beside BP in
-    bf16 against float64 BP (issue 6's rule), and the fp32 forward pass. Fast mode on CPU
+    bf16 against float64 BP (the fidelity rule, docs/method.md §7), and the fp32 forward pass. Fast mode on CPU
     computes the free state in fp32 (equal to the forward pass) and the deviations' convolutions
     in bf16: every layer's cosine is ≥ 0.999 at β = 0.05 and 0.0005 (the plain form scored
-    0.0–0.7 in bf16, METHOD.md §7; bf16 BP scores 0.96–0.999 here) and the rule holds."""
+    0.0–0.7 in bf16, docs/method.md §7; bf16 BP scores 0.96–0.999 here) and the rule holds."""
     from workbench import bench
 
     net, x, y = small("vgg5", seed=1, batch=8, dtype=torch.float32)

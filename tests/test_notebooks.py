@@ -71,7 +71,7 @@ def test_committed_notebooks_are_stripped_and_parameterised():
 @pytest.mark.slow
 def test_tutorial_executes_and_shows_first_and_second_order_bias(execute):
     """oracle: the notebook's own asserts (hand-written nudged phase == engine trace; autograd
-    (1/β)∂F/∂θ == engine estimate) and METHOD.md §3 (one-sided slope 1, centered slope 2)."""
+    (1/β)∂F/∂θ == engine estimate) and docs/method.md §3 (one-sided slope 1, centered slope 2)."""
     text = execute("00_ep_tutorial.ipynb", dataset=real_or_synthetic(), batch_size=8)
     assert "equals the engine's forward estimate for every parameter" in text
     slopes = dict(re.findall(r"(\w+): slope ([\d.]+) for", text))
@@ -122,7 +122,7 @@ def test_imagenet_notebook_runs_the_recipe_and_resumes(execute, tmp_path):
     assert f"starting a new run in {run_dir}" in first
     metrics = (run_dir / "metrics.jsonl").read_text()
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["model"], config["beta"], config["lr"], config["weight_decay"],
+    assert (config["model"], config["estimator"]["beta"], config["lr"], config["weight_decay"],
             config["min_lr"], config["nesterov"]) == ("vgg10", 0.05, 0.02, 2e-4, 2e-6, True)
     second = execute("04_imagenet_vgg10.ipynb", out="second.ipynb", **small)
     assert f"resuming the run in {run_dir}" in second

@@ -268,24 +268,38 @@ def test_two_epochs_of_fashion_mnist_reach_20_percent(tmp_path, algorithm, no_da
 
 
 def test_a_run_folder_of_the_earlier_layout_resumes_exactly(tmp_path):
-    """Oracle: an uninterrupted run of this version. tests/data/old_run was written by the
-    workbench at commit 73f441d (config.json with the estimator's fields at the top level, a
-    checkpoint at step 4 of 8, killed at step 6); resumed now, it ends with the same
-    parameters and metrics as a fresh run of the same config. The same folder marked as a
-    fast-precision run is refused, saying why."""
+    """Oracle: the same folder converted by hand to the current layout. tests/data/old_run was
+    written by the workbench at commit 73f441d (config.json with the estimator's fields at the
+    top level, a checkpoint at step 4 of 8, killed at step 6). Resumed as it is, and resumed
+    after rewriting its config.json in the current layout (the estimator nested, with the
+    settings that earlier version used: per-example signs, no tol, eager kernels), both end
+    with the same parameters and metrics, bit for bit, in the same process; the old lines up to
+    the checkpoint are kept. The same folder marked as a fast-precision run is refused, saying
+    why."""
     import shutil
-    old = tmp_path / "old"
-    shutil.copytree(Path(__file__).parent / "data" / "old_run", old)
-    saved = json.loads((old / "config.json").read_text())
+    src = Path(__file__).parent / "data" / "old_run"
+    saved = json.loads((src / "config.json").read_text())
     assert "scheme" in saved and "estimator" not in saved
-    run(TrainConfig.from_dict({**saved, "run_dir": str(old), "resume": True}))
-    fresh = tmp_path / "fresh"
-    run(TrainConfig.from_dict({**saved, "run_dir": str(fresh)}))
-    assert untimed(rows(old)) == untimed(rows(fresh))
-    pa, pb = final_params(old), final_params(fresh)
+    est = {k: saved[k] for k in ("scheme", "beta", "iterations", "cost", "update", "order",
+                                 "precision")}
+    converted = {**{k: v for k, v in saved.items() if k not in est},
+                 "estimator": {**est, "signs": "example", "tol": None, "fused": False}}
+    folders = []
+    for name, cfg in (("old", saved), ("converted", converted)):
+        d = tmp_path / name
+        shutil.copytree(src, d)
+        (d / "config.json").write_text(json.dumps(cfg))
+        run(TrainConfig.from_dict({**saved, "run_dir": str(d), "resume": True}))
+        folders.append(d)
+    a, b = folders
+    assert untimed(rows(a)) == untimed(rows(b))
+    assert [r["step"] for r in rows(a) if r["type"] == "epoch"] == [4, 8]
+    kept = torch.load(src / "checkpoint.pt", weights_only=True)["metrics_bytes"]
+    assert (a / "metrics.jsonl").read_bytes()[:kept] == (src / "metrics.jsonl").read_bytes()[:kept]
+    pa, pb = final_params(a), final_params(b)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     fast = tmp_path / "fast"
-    shutil.copytree(Path(__file__).parent / "data" / "old_run", fast)
+    shutil.copytree(src, fast)
     (fast / "config.json").write_text(json.dumps({**saved, "precision": "fast"}))
     with pytest.raises(ValueError, match="fast precision of an earlier version"):
         run(TrainConfig.from_dict({**saved, "precision": "fast", "run_dir": str(fast),

@@ -128,7 +128,7 @@ def test_bias_explorer_per_layer_bars_match_compare():
 
 
 def test_bias_slopes_one_sided_first_order_centered_second_order(engine_calls):
-    """oracle: METHOD.md §3 — at an exact nudged equilibrium, below the first ReLU switch, the
+    """oracle: docs/method.md §3 — at an exact nudged equilibrium, below the first ReLU switch, the
     one-sided bias is O(β) and the centered bias O(β²): log–log slopes ≈ 1 and ≈ 2; the fitted
     line is np.polyfit's over β ≤ the fit control; moving that control recomputes nothing."""
     ex = widgets.GradientBiasExplorer({"m": small_mlp()}, batch_size=16, iterations=40,

@@ -14,7 +14,7 @@ GPU), per algorithm, from ``torch.profiler``.
 **Fidelity** (``--measure fidelity``): per layer (weight and bias together), the cosine of the
 estimate in the chosen precision with a float64 run of the *same* estimator (same β, K, weights,
 batch and, for ``random``, the same signs), beside the cosine of BP in that precision with float64
-BP. Issue 6's rule, per layer: ``cos(EP, EP_f64) ≥ cos(BP, BP_f64) − 0.002``.
+BP. The fidelity rule (docs/method.md §7), per layer: ``cos(EP, EP_f64) ≥ cos(BP, BP_f64) − 0.002``.
 
 ``--loader`` instead times the ImageNet input pipeline alone
 (:func:`workbench.data.imagenet.bench_loader`).
@@ -71,7 +71,7 @@ def make_batch(model: str, image_size: int, in_channels: int, num_classes: int,
                            image_size=image_size, seed=seed, device=device, **overrides)
 
 
-def _timer(device: torch.device, cpu_timer: str = "wall") -> Callable[[Callable], float]:
+def make_timer(device: torch.device, cpu_timer: str = "wall") -> Callable[[Callable], float]:
     """Returns ``run(fn) -> ms``: CUDA events on a GPU; on the CPU ``time.perf_counter``
     (``wall``) or ``time.process_time`` (``process``: CPU seconds of this process, all threads —
     steadier than wall time on a machine shared with other jobs)."""
@@ -93,7 +93,7 @@ def _timer(device: torch.device, cpu_timer: str = "wall") -> Callable[[Callable]
     return run
 
 
-def _step(net, x, y, algorithm: str, settings: EstimatorSettings) -> Callable[[], None]:
+def make_step(net, x, y, algorithm: str, settings: EstimatorSettings) -> Callable[[], None]:
     """One training-like step of ``algorithm`` (``bp``, an EP scheme, or ``infer``)."""
     if algorithm == "infer":
         return lambda: _infer(net, x, settings.precision)
@@ -128,11 +128,11 @@ def speed(net, x, y, algorithms, settings: Optional[EstimatorSettings] = None, *
     s = _settings(settings, overrides)
     device = x.device
     cuda = device.type == "cuda"
-    steps = {a: _step(net, x, y, a, s) for a in algorithms}
+    steps = {a: make_step(net, x, y, a, s) for a in algorithms}
     for fn in steps.values():
         for _ in range(warmup):
             fn()
-    timer = _timer(device, cpu_timer)
+    timer = make_timer(device, cpu_timer)
     times = {a: [] for a in algorithms}
     peak = {a: 0 for a in algorithms}
     for _ in range(repeats):
@@ -164,7 +164,12 @@ CATEGORIES = (("compiled (fused)", ("compiled", "triton")),
               ("cast / copy", ("aten::to", "copy", "contiguous", "clone")))
 
 
-def _category(name: str) -> str:
+# profiler events on the device timeline that are not work (the host waiting on a full launch
+# queue): left out of the categories and of the busy time
+MARKERS = ("Command Buffer Full",)
+
+
+def category(name: str) -> str:
     low = name.lower()
     for label, keys in CATEGORIES:
         if any(k in low for k in keys):
@@ -178,7 +183,7 @@ def _outermost(e):
     return e
 
 
-def _union_us(intervals) -> tuple[float, float]:
+def busy_and_span(intervals) -> tuple[float, float]:
     """``(busy, span)`` of ``[(start, end), …]`` in µs: covered length and first-to-last."""
     intervals = sorted(intervals)
     if not intervals:
@@ -211,7 +216,7 @@ def profile(net, x, y, algorithm: str = "centered", settings: Optional[Estimator
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     s = _settings(settings, overrides)
-    step = _step(net, x, y, algorithm, s)
+    step = make_step(net, x, y, algorithm, s)
     step()
     cuda = x.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -236,13 +241,15 @@ def profile(net, x, y, algorithm: str = "centered", settings: Optional[Estimator
     device_intervals = []
     for e in prof.events():
         if cuda and e.device_type == DeviceType.CUDA:
-            device_intervals.append((e.time_range.start, e.time_range.end))
+            if e.name not in MARKERS:
+                device_intervals.append((e.time_range.start, e.time_range.end))
             continue
         if e.device_type != DeviceType.CPU:
             continue
-        us = sum(k.duration for k in e.kernels) if cuda else e.self_cpu_time_total
+        us = sum(k.duration for k in e.kernels if k.name not in MARKERS) if cuda \
+            else e.self_cpu_time_total
         if us > 0:
-            label = _category(_outermost(e).name)
+            label = category(_outermost(e).name)
             cats[label] = cats.get(label, 0.0) + us
     counted = sum(cats.values()) or 1.0
     out = {"clock": "device" if cuda else "cpu", "algorithm": algorithm, "precision": s.precision,
@@ -252,7 +259,7 @@ def profile(net, x, y, algorithm: str = "centered", settings: Optional[Estimator
            "categories": {k: {"ms": v / 1e3, "share": v / counted}
                           for k, v in sorted(cats.items(), key=lambda kv: -kv[1])}}
     if cuda:
-        busy, span = _union_us(device_intervals)
+        busy, span = busy_and_span(device_intervals)
         out.update(kernels=len(device_intervals), busy_ms=busy / 1e3, span_ms=span / 1e3,
                    gaps_ms=(span - busy) / 1e3)
     return out

@@ -1,4 +1,4 @@
-"""The PCN energy and the costs, written plainly (METHOD.md §1).
+"""The PCN energy and the costs, written plainly (docs/method.md §1).
 
 Sign conventions, stated once:
 

@@ -1,4 +1,4 @@
-"""Equilibrium-propagation gradient estimators and the backprop reference (METHOD.md §3).
+"""Equilibrium-propagation gradient estimators and the backprop reference (docs/method.md §3).
 
 ``estimate(net, x, y, scheme=..., beta=..., iterations=...)`` writes an estimate of the gradient
 of the **batch-mean** cost into every parameter's ``.grad`` (accumulating, like

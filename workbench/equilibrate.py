@@ -1,4 +1,4 @@
-"""Free and nudged phases of a PCN (METHOD.md §2), carried in *deviation form*.
+"""Free and nudged phases of a PCN (docs/method.md §2), carried in *deviation form*.
 
 The free phase is the forward pass. The nudged phase runs projected gradient descent on
 ``F = E + β·C`` with respect to the states, step size 1, so that each layer's update is closed
@@ -37,7 +37,6 @@ import torch.nn.functional as F
 
 from . import kernels
 from .energy import cost, cost_grad
-from .layers import LayerMap
 from .precision import Precision, ieee_fp32
 from .settings import ORDERS, UPDATES
 

@@ -1,7 +1,7 @@
 """PCN models: a feedforward chain of layer maps, and the model registry.
 
 A predictive coding network here is a chain ``h_0 = x``, ``h_k = f_k(θ_k, h_{k-1})`` for
-``k = 1..L`` (METHOD.md §1). Each :class:`PCNLayer` is one map ``f_k``:
+``k = 1..L`` (docs/method.md §1). Each :class:`PCNLayer` is one map ``f_k``:
 
 * hidden conv layer:   ``f_k(h) = relu(maxpool(conv3x3(h)))`` or ``relu(conv3x3(h))``
 * hidden dense layer:  ``f_k(h) = relu(W h + b)``
@@ -63,7 +63,7 @@ class PCN(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# initialisation (METHOD.md §4): uniform(-b, b) with b = gain * sqrt(1 / fan)
+# initialisation (docs/method.md §4): uniform(-b, b) with b = gain * sqrt(1 / fan)
 # ---------------------------------------------------------------------------------------------
 def _init_layer(layer: PCNLayer, gain: float, conv_fan: str) -> None:
     if conv_fan not in ("fan_in", "fan_out"):
@@ -122,7 +122,7 @@ def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, *,
 def vgg5(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, *,
          channels: Sequence[int] = (128, 256, 512, 512, 512), init_gain: float = 1.0,
          output_gain: float = 1.0, conv_fan: str = "fan_out") -> PCN:
-    """METHOD.md §4: conv 128 | 256, pool | 512, pool | 512, pool | 512, pool | dense → classes."""
+    """docs/method.md §4: conv 128 | 256, pool | 512, pool | 512, pool | 512, pool | dense → classes."""
     if len(channels) != 5:
         raise ValueError(f"vgg5 takes 5 conv widths, got {list(channels)}")
     spec = list(zip(channels, (False, True, True, True, True)))
@@ -134,7 +134,7 @@ def vgg10(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, 
           channels: Sequence[int] = (64, 128, 256, 256, 512, 512, 512, 512),
           dense: int = 2048, init_gain: float = 1.0, output_gain: float = 1.0,
           conv_fan: str = "fan_out") -> PCN:
-    """METHOD.md §4: conv 64, pool | 128, pool | 256 | 256, pool | 512 | 512, pool | 512 |
+    """docs/method.md §4: conv 64, pool | 128, pool | 256 | 256, pool | 512 | 512, pool | 512 |
     512, pool | dense 2048 | dense → classes (≈ 62M parameters at 224×224, 1000 classes)."""
     if len(channels) != 8:
         raise ValueError(f"vgg10 takes 8 conv widths, got {list(channels)}")

@@ -3,7 +3,7 @@
 ``build(root, split, image_size)`` returns a :class:`ImageNetFolder` over
 ``root/<split>/<wnid>/*.JPEG``. Labels index ``.classes``, the sorted wnids of ``root/train`` and
 ``root/val`` together, so both splits share one labelling. Transforms (torchvision transforms v2,
-METHOD.md §5): train = ``RandomResizedCrop(image_size)`` + horizontal flip; val =
+docs/method.md §5): train = ``RandomResizedCrop(image_size)`` + horizontal flip; val =
 ``Resize(round(256/224 · image_size))`` + ``CenterCrop(image_size)``; then scaling to [0, 1] and
 normalisation with the ImageNet mean/std.
 

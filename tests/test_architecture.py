@@ -1,0 +1,108 @@
+"""The package's seams (docs/method.md and README "Architecture"). Each test names its oracle."""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import workbench
+from workbench import config, flags
+from workbench.settings import EstimatorSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.walk_packages(workbench.__path__, "workbench.")
+                  if m.name != "workbench.__main__")          # that one runs the CLI
+
+
+def test_workbench_never_imports_data_prep():
+    """Oracle: sys.modules of a fresh interpreter after importing every workbench module
+    (the dependency points one way: data_prep may import workbench)."""
+    code = ("import sys, importlib\n"
+            f"for m in {_modules()!r}:\n"
+            "    importlib.import_module(m)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] == 'data_prep'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.strip()
+    assert out == "[]", out
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """Oracle: the syntax tree of every workbench module — no ``from X import _name`` where X is
+    another workbench module (relative or absolute), and no ``module._name`` attribute read of
+    a workbench module imported by name."""
+    bad = []
+    for path in sorted((ROOT / "workbench").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        local_modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                inside = node.level > 0 or (node.module or "").startswith("workbench")
+                for alias in node.names:
+                    if inside and alias.name.startswith("_") and alias.name != "__version__":
+                        bad.append(f"{path.name}: from {node.module} import {alias.name}")
+                    if inside:
+                        local_modules.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in local_modules and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                bad.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not bad, bad
+
+
+def _flat_fields(obj, prefix=()):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _flat_fields(value, prefix + (f.name,))
+        else:
+            yield f, value
+
+
+def test_train_flags_are_the_config_fields_with_their_defaults():
+    """Oracle: the dataclasses themselves — the train parser has exactly one flag per
+    TrainConfig field and per EstimatorSettings field (flattened), each with the field's
+    default (read back through config_from_args with no flags given)."""
+    p = argparse.ArgumentParser()
+    config.add_arguments(p)
+    options = [a for a in p._actions if a.option_strings and a.dest != "help"]
+    dests = [a.dest for a in options]
+    fields = {f.name: v for f, v in _flat_fields(config.TrainConfig())}
+    assert sorted(dests) == sorted(fields), set(dests) ^ set(fields)
+    assert len(dests) == len(set(dests))
+    for a in options:
+        flag = flags.flag_name(next(f for f, _ in _flat_fields(config.TrainConfig())
+                                    if f.name == a.dest))
+        assert flag in a.option_strings
+    assert config.config_from_args(p.parse_args([])) == config.TrainConfig()
+    # and every EstimatorSettings field reaches the config through its flag
+    args = p.parse_args(["--scheme", "random", "--beta", "0.3", "--iterations", "7", "--cost",
+                         "mse", "--update", "pgd", "--order", "sync", "--signs", "batch",
+                         "--tol", "1e-6", "--precision", "fast", "--no-fused"])
+    assert config.config_from_args(args).estimator == EstimatorSettings(
+        "random", 0.3, 7, "mse", "pgd", "sync", "batch", 1e-6, "fast", False)
+
+
+def test_gradcheck_and_bench_flags_come_from_the_same_settings():
+    """Oracle: EstimatorSettings' fields and choices — gradcheck has a flag for each, bench for
+    each but ``scheme`` (it times a list, --schemes); the choices are the dataclass's."""
+    for name, skip in (("workbench.gradcheck", set()), ("workbench.bench", {"scheme"})):
+        mod = importlib.import_module(name)
+        p = argparse.ArgumentParser()
+        mod.add_arguments(p)
+        by_dest = {a.dest: a for a in p._actions}
+        for f in dataclasses.fields(EstimatorSettings):
+            if f.name in skip:
+                assert f.name not in by_dest
+                continue
+            assert f.name in by_dest, (name, f.name)
+            if "choices" in f.metadata:
+                assert tuple(by_dest[f.name].choices) == f.metadata["choices"], (name, f.name)
