@@ -86,9 +86,10 @@ def test_train_flags_are_the_config_fields_with_their_defaults():
     # and every EstimatorSettings field reaches the config through its flag
     args = p.parse_args(["--scheme", "random", "--beta", "0.3", "--iterations", "7", "--cost",
                          "mse", "--update", "pgd", "--order", "sync", "--signs", "batch",
-                         "--tol", "1e-6", "--precision", "fast", "--no-fused"])
+                         "--tol", "1e-6", "--precision", "fast", "--no-fused",
+                         "--perturbation", "clamp", "--step-size", "0.5"])
     assert config.config_from_args(args).estimator == EstimatorSettings(
-        "random", 0.3, 7, "mse", "pgd", "sync", "batch", 1e-6, "fast", False)
+        "random", 0.3, 7, "mse", "pgd", "sync", "batch", 1e-6, "fast", False, "clamp", 0.5)
 
 
 def test_gradcheck_and_bench_flags_come_from_the_same_settings():

@@ -283,13 +283,19 @@ def test_a_run_folder_of_the_earlier_layout_resumes_exactly(tmp_path):
     est = {k: saved[k] for k in ("scheme", "beta", "iterations", "cost", "update", "order",
                                  "precision")}
     converted = {**{k: v for k, v in saved.items() if k not in est},
-                 "estimator": {**est, "signs": "example", "tol": None, "fused": False}}
+                 "schedule": "step", "preset": None,
+                 "estimator": {**est, "signs": "example", "tol": None, "fused": False,
+                               "perturbation": "nudge", "step_size": 1.0}}
     folders = []
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
     for name, cfg in (("old", saved), ("converted", converted)):
         d = tmp_path / name
         shutil.copytree(src, d)
         (d / "config.json").write_text(json.dumps(cfg))
-        run(TrainConfig.from_dict({**saved, "run_dir": str(d), "resume": True}))
+        resumed = config_from_args(parser.parse_args(["--run-dir", str(d), "--resume"]))
+        assert resumed.schedule == "step" and resumed.estimator.fused is False
+        run(resumed)
         folders.append(d)
     a, b = folders
     assert untimed(rows(a)) == untimed(rows(b))
@@ -302,5 +308,4 @@ def test_a_run_folder_of_the_earlier_layout_resumes_exactly(tmp_path):
     shutil.copytree(src, fast)
     (fast / "config.json").write_text(json.dumps({**saved, "precision": "fast"}))
     with pytest.raises(ValueError, match="fast precision of an earlier version"):
-        run(TrainConfig.from_dict({**saved, "precision": "fast", "run_dir": str(fast),
-                                   "resume": True}))
+        config_from_args(parser.parse_args(["--run-dir", str(fast), "--resume"]))

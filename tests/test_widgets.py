@@ -262,3 +262,16 @@ def test_explorers_from_checkpoint_use_the_trained_weights(tiny_run):
     with pytest.raises(ValueError, match="checkpoint.pt missing"):
         (run_dir.parent / "empty").mkdir()
         widgets.load_run(str(run_dir.parent / "empty"))
+
+
+def test_bias_explorer_shows_clamping_beside_nudging():
+    """Oracle: backprop of the squared error — with the perturbation control on clamp the
+    explorer's error against BP stays large at small β (clamping is not a gradient, paper
+    §3.2), while nudging's vanishes."""
+    ex = widgets.GradientBiasExplorer({"m": small_mlp()}, batch_size=8, cost="mse",
+                                      schemes=("centered",), beta=1e-4, iterations=40,
+                                      betas=(1e-4, 1e-3), iterations_sweep=(40,))
+    nudge = ex.error("centered")
+    ex.controls["perturbation"].value = "clamp"
+    clamp = ex.error("centered")
+    assert nudge < 1e-3 and clamp > 0.05, (nudge, clamp)

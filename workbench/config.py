@@ -19,13 +19,15 @@ from typing import Optional
 
 from . import data, flags, models
 from .flags import option
+from .presets import PRESETS, preset_values
 from .settings import SCHEMES, EstimatorSettings
 
-__all__ = ["TrainConfig", "ALGORITHMS", "PROGRESS", "RESUMABLE", "add_arguments",
+__all__ = ["TrainConfig", "ALGORITHMS", "PROGRESS", "SCHEDULES", "RESUMABLE", "add_arguments",
            "config_from_args", "default_estimator", "saved_config"]
 
 ALGORITHMS = ("ep", "bp")
 PROGRESS = ("auto", "text", "none")
+SCHEDULES = ("epoch", "step")
 #: fields that may change when a run is resumed (they do not change what is computed)
 RESUMABLE = ("resume", "progress", "workers", "run_dir", "data_root", "download", "device")
 
@@ -42,7 +44,12 @@ class TrainConfig:
 
     ``TrainConfig(model="vgg5", scheme="random", beta=0.05)``: the estimator's fields may be
     given flat, beside (and over) ``estimator=EstimatorSettings(...)`` or a dict of its fields.
+    ``TrainConfig(preset="vgg5-cifar10-ce", lr=0.02)``: a recipe of the paper
+    (:mod:`workbench.presets`) fills every field not given; a ``dataset`` or ``model`` given
+    beside a preset must be the preset's.
     """
+    preset: Optional[str] = option(None, "a recipe of the paper: its values for every field "
+                                   "not given (workbench.presets)", sorted(PRESETS))
     dataset: str = option("fashion-mnist", "dataset name")
     data_root: Optional[str] = option(None, "folder holding the datasets (else $WORKBENCH_DATA)")
     model: str = option("vgg5", "model name")
@@ -58,6 +65,8 @@ class TrainConfig:
     nesterov: bool = option(True, "Nesterov momentum")
     weight_decay: float = option(3e-4, "weight decay on every parameter")
     min_lr: float = option(1e-6, "final learning rate")
+    schedule: str = option("epoch", "cosine annealing per epoch (the paper: T_max in epochs) "
+                           "or per step", SCHEDULES)
     limit_train: Optional[int] = option(None, "use only the first N training images")
     limit_test: Optional[int] = option(None, "use only the first N test images")
     checkpoint_every: int = option(0, "also checkpoint every N steps (0: each epoch only)")
@@ -84,6 +93,8 @@ class TrainConfig:
 
     def __init__(self, **kw):
         kw = self.migrate(kw)
+        if kw.get("preset") is not None:
+            kw = self.migrate({**self._preset(kw["preset"], kw), **kw})
         unknown = sorted(set(kw) - set(self.names()))
         if unknown:
             raise ValueError(f"unknown config fields {unknown}; accepted: "
@@ -98,6 +109,20 @@ class TrainConfig:
             setattr(self, f.name, value)
         if isinstance(self.estimator, dict):
             self.estimator = default_estimator().replace(**self.estimator)
+
+    @staticmethod
+    def _preset(name: str, given: dict) -> dict:
+        values = preset_values(name)
+        for key in ("dataset", "model"):
+            if key in given and given[key] != values[key]:
+                raise ValueError(f"preset {name!r} is for {key} {values[key]!r}; got {key} "
+                                 f"{given[key]!r} beside it (drop one of them, or choose "
+                                 f"another preset: {', '.join(sorted(PRESETS))})")
+        est = given.get("estimator")
+        if est is not None:             # nested estimator fields given count as given
+            est = est.to_dict() if isinstance(est, EstimatorSettings) else dict(est)
+            values = {k: v for k, v in values.items() if k not in est}
+        return values
 
     @classmethod
     def names(cls) -> list[str]:
@@ -133,7 +158,7 @@ class TrainConfig:
             raise ValueError(f"estimator must be EstimatorSettings or a dict of its fields, got "
                              f"{self.estimator!r}")
         choices = {"dataset": data.available(), "model": models.available(),
-                   "algorithm": ALGORITHMS, "progress": PROGRESS}
+                   "algorithm": ALGORITHMS, "progress": PROGRESS, "schedule": SCHEDULES}
         for name, accepted in choices.items():
             if getattr(self, name) not in accepted:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; accepted: "
@@ -186,8 +211,9 @@ def saved_config(saved: dict) -> dict:
     """A run folder's ``config.json`` in the current layout, for the resume check.
 
     Earlier versions wrote the estimator's fields at the top level, had no ``signs`` / ``tol``
-    / ``fused`` (their runs: per-example signs, no tolerance, eager kernels) and ran fast mode's
-    free phase under TF32. A strict run of theirs resumes exactly; a fast one is refused,
+    / ``fused`` / ``perturbation`` / ``step_size`` / ``schedule`` / ``preset`` (their runs:
+    per-example signs, no tolerance, eager kernels, nudging, α = 1, the cosine per step, no
+    preset) and ran fast mode's free phase under TF32. A strict run of theirs resumes exactly; a fast one is refused,
     because this version's fast mode computes the free phase in IEEE fp32 (BENCHMARKS.md)."""
     if "estimator" in saved:
         return saved
@@ -197,7 +223,9 @@ def saved_config(saved: dict) -> dict:
                          "this version computes fast mode's free phase in IEEE fp32, so the "
                          "run cannot continue exactly. Start a new --run-dir, or resume it "
                          "with the version that wrote it (git_commit in its summary.json).")
-    old = TrainConfig.migrate({**saved, "signs": "example", "tol": None, "fused": False})
+    old = TrainConfig.migrate({**saved, "signs": "example", "tol": None, "fused": False,
+                               "perturbation": "nudge", "step_size": 1.0, "schedule": "step",
+                               "preset": None})
     return json.loads(json.dumps(old))
 
 
@@ -217,8 +245,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The flags given, over the saved config (``--resume``) or the defaults."""
     given = flags.given(args, TrainConfig)
     base = TrainConfig().to_dict()
+    if given.get("preset"):             # the preset's values under the flags given
+        preset = {k: v for k, v in preset_values(given["preset"]).items() if k not in given
+                  and k not in given.get("estimator", {})}
+        for key in ("dataset", "model"):
+            if key in given and given[key] != preset_values(given["preset"])[key]:
+                TrainConfig(preset=given["preset"], **{key: given[key]})   # raises, saying why
+        base = TrainConfig.from_dict({**base, **preset, "preset": given["preset"]}).to_dict()
     saved = Path(given.get("run_dir") or "") / "config.json"
     if given.get("resume") and saved.is_file():
-        base = TrainConfig.migrate(json.loads(saved.read_text()))
+        base = saved_config(json.loads(saved.read_text()))
     est = {**base.pop("estimator", {}), **given.pop("estimator", {})}
     return TrainConfig.from_dict({**base, **given, "estimator": est})

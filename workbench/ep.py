@@ -161,7 +161,8 @@ def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, f
         tr = Trace(free_cost=float(energy.cost(s.cost, free.logits, y).mean()))
         for sign in sign_list:
             b = s.beta * sign
-            phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, s.update, s.order, fused)
+            phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, s.update, s.order, fused,
+                                s.perturbation, s.step_size)
             tr.phases.append(phase.run(s.iterations, tol=s.tol, record=trace,
                                        signs=sign if s.scheme == "random" else None))
             weight = 1.0 / (b * n * len(sign_list))

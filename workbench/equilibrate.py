@@ -107,7 +107,9 @@ class PhaseTrace:
 
     ``energy``: ``(T+1, L)`` per-layer energy ``½‖ε_k‖²``, mean over the batch.
     ``cost``: ``(T+1,)`` mean cost ``C(h_L, y)``.
-    ``total``: ``(T+1,)`` mean ``F = E + β_n C`` (β_n the example's signed β).
+    ``total``: ``(T+1,)`` mean ``F = E + β_n C`` (β_n the example's signed β); with clamping,
+    which defines no cost function, ``E`` alone (``cost`` is still reported, at the clamped
+    output).
     ``state_change``: ``(T, L)`` largest absolute change of any unit of layer k in iteration t.
     ``beta``: the phase's signed β (for ``random`` with per-example signs: ``+β`` with
     ``signs`` holding ±1 per example). ``iterations``: iterations run (< K if ``tol`` stopped it).
@@ -149,9 +151,10 @@ class NudgedPhase:
 
     def __init__(self, net, free: FreeState, y: torch.Tensor, beta: torch.Tensor,
                  cost_name: str, update: str = "mod_pgd", order: str = "async",
-                 fused: bool = False):
+                 fused: bool = False, perturbation: str = "nudge", step_size: float = 1.0):
         self.net, self.free, self.maps, self.y = net, free, free.maps, y
         self.beta, self.cost_name, self.update, self.order = beta, cost_name, update, order
+        self.perturbation, self.step_size = perturbation, float(step_size)
         self.L = len(net.layers)
         self._fx = kernels.compiled() if fused else kernels.EAGER
         self._keep = fused          # fused pieces widen the maps' outputs themselves
@@ -169,6 +172,13 @@ class NudgedPhase:
         top = [k for k in range(1, self.L + 1) if k % 2 == self.L % 2]
         rest = [k for k in range(1, self.L + 1) if k % 2 != self.L % 2]
         self.sweeps = [top, rest] if order == "async" else [list(range(1, self.L + 1))]
+        if perturbation == "clamp":
+            # Eq. 8: h_L = (1 − β) h⁰_L + β onehot(y), held; the hidden layers equilibrate
+            h_out = free.h[self.L]
+            target = F.one_hot(y, h_out.shape[1]).to(h_out.dtype)
+            self.d[self.L] = beta * (target - h_out)
+            self._fresh[self.L] = True
+            self.sweeps = [[k for k in sweep if k != self.L] for sweep in self.sweeps]
 
     def hold_zeros(self) -> None:
         """Hold every deviation that is exactly zero (None) as an explicit zero tensor, so that
@@ -243,14 +253,24 @@ class NudgedPhase:
 
     # -- one update ----------------------------------------------------------------------------
     def _new_deviation(self, k: int) -> Opt:
-        free = self.free
+        free, alpha = self.free, self.step_size
         if k == self.L:
             nudge = self.beta * cost_grad(self.cost_name, self.state(k), self.y)
             da = self.da(k)
-            return -nudge if da is None else da.to(nudge.dtype) - nudge
+            target = -nudge if da is None else da.to(nudge.dtype) - nudge
+            if alpha == 1.0:
+                return target
+            d = self.d[k]
+            return alpha * target if d is None else (1 - alpha) * d + alpha * target
         g = self.drive(k + 1)
         delta = None if g is None else self.maps[k].transpose(g, free.h[k].shape, keep=self._keep)
         da = self.da(k)
+        if alpha != 1.0:
+            if delta is None and da is None and self.d[k] is None:
+                return None
+            if self.update == "pgd":
+                return self._ew("pgd_step", free.a[k], free.h[k], self.d[k], da, delta, alpha)
+            return self._ew("mod_pgd_step", free.a[k], self.d[k], da, delta, alpha)
         if delta is None and da is None:
             return None
         if self.update == "pgd":
@@ -304,7 +324,7 @@ class NudgedPhase:
             e, c = self.energies(), self.costs()
             e_rows.append(e)
             c_rows.append(c.mean())
-            f_rows.append(e.sum() + (beta * c).mean())
+            f_rows.append(e.sum() if self.perturbation == "clamp" else e.sum() + (beta * c).mean())
 
         if record:
             observe()

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["relu_shift", "pool_indices", "pool_window", "unpool_window", "relu_error",
-           "relu_drive", "drive_window", "mod_pgd_update", "pgd_update", "Elementwise", "EAGER",
-           "compiled"]
+           "relu_drive", "drive_window", "mod_pgd_update", "pgd_update", "mod_pgd_step",
+           "pgd_step", "Elementwise", "EAGER", "compiled"]
 
 Opt = Optional[torch.Tensor]
 
@@ -123,6 +123,31 @@ def pgd_update(a0: torch.Tensor, h0: torch.Tensor, da: Opt, delta: Opt) -> torch
     return match_layout(relu_shift(h0, s), a0)
 
 
+def mod_pgd_step(a0: torch.Tensor, d: Opt, da: Opt, delta: Opt, alpha: float) -> torch.Tensor:
+    """mod-PGD with step size ``alpha``: new deviation ``relu((1 − α) h + α (a + Δ)) − h⁰``
+    with ``h = h⁰ + d``, ``a = a⁰ + δa`` (docs/method.md §2). Since ``h⁰ − a⁰ = relu(−a⁰)``,
+    that is ``relu_shift(a⁰, (1 − α)(relu(−a⁰) + d) + α(δa + Δ))``."""
+    d, da, delta = widen(d, a0), widen(da, a0), widen(delta, a0)
+    inner = torch.relu(-a0) if d is None else torch.relu(-a0) + d
+    drive = da if delta is None else (delta if da is None else da + delta)
+    s = (1 - alpha) * inner if drive is None else (1 - alpha) * inner + alpha * drive
+    return match_layout(relu_shift(a0, s), a0)
+
+
+def pgd_step(a0: torch.Tensor, h0: torch.Tensor, d: Opt, da: Opt, delta: Opt,
+             alpha: float) -> torch.Tensor:
+    """PGD with step size ``alpha``: ``relu(h − α ∂F/∂h) − h⁰ = relu((1 − α) h + α (f + Δ)) − h⁰``
+    with ``f = relu(a⁰ + δa)`` (Eq. 15), i.e. ``relu_shift(h⁰, (1 − α) d + α (δf + Δ))``."""
+    d, da, delta = widen(d, a0), widen(da, a0), widen(delta, a0)
+    df = None if da is None else relu_shift(a0, da)
+    drive = df if delta is None else (delta if df is None else df + delta)
+    if d is None:
+        s = alpha * drive
+    else:
+        s = (1 - alpha) * d if drive is None else (1 - alpha) * d + alpha * drive
+    return match_layout(relu_shift(h0, s), a0)
+
+
 @dataclass(frozen=True)
 class Elementwise:
     """The elementwise pieces of the nudged phase. ``coded``: pooling selections are 2-bit
@@ -132,11 +157,14 @@ class Elementwise:
     relu_drive: Callable
     mod_pgd_update: Callable
     pgd_update: Callable
+    mod_pgd_step: Callable
+    pgd_step: Callable
     drive: Optional[Callable] = None
     coded: bool = False
 
 
-EAGER = Elementwise(pool_indices, relu_error, relu_drive, mod_pgd_update, pgd_update)
+EAGER = Elementwise(pool_indices, relu_error, relu_drive, mod_pgd_update, pgd_update,
+                    mod_pgd_step, pgd_step)
 
 
 @functools.cache
@@ -155,5 +183,5 @@ def compiled() -> Elementwise:
     def fuse(f):
         return torch.compile(f, dynamic=True, fullgraph=True)
     return Elementwise(fuse(pool_window), fuse(relu_error), fuse(relu_drive),
-                       fuse(mod_pgd_update), fuse(pgd_update), drive=fuse(drive_window),
-                       coded=True)
+                       fuse(mod_pgd_update), fuse(pgd_update), fuse(mod_pgd_step),
+                       fuse(pgd_step), drive=fuse(drive_window), coded=True)

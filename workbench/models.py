@@ -29,7 +29,7 @@ from torch import nn
 from .layers import ConvLayer, DenseLayer, PCNLayer
 
 __all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "PCN", "build", "available", "register",
-           "default_image_size"]
+           "default_image_size", "init_bound"]
 
 
 class PCN(nn.Module):
@@ -65,16 +65,23 @@ class PCN(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # initialisation (docs/method.md §4): uniform(-b, b) with b = gain * sqrt(1 / fan)
 # ---------------------------------------------------------------------------------------------
-def _init_layer(layer: PCNLayer, gain: float, conv_fan: str) -> None:
+def init_bound(layer: PCNLayer, gain: float, conv_fan: str) -> float:
+    """The half-width ``c = γ·√(1/fan)`` of a layer's uniform initialisation (paper App. B.2,
+    Eq. 21): dense layers use fan-in (the size of the layer below); convolutions fan-in
+    (``channels_in·3·3``, VGG5) or fan-out (``channels_out·3·3``, VGG10) as ``conv_fan`` says."""
     if conv_fan not in ("fan_in", "fan_out"):
         raise ValueError(f"conv_fan must be 'fan_in' or 'fan_out', got {conv_fan!r}")
     w = layer.weight
     receptive = w[0, 0].numel() if w.dim() == 4 else 1
     fan_in, fan_out = w.shape[1] * receptive, w.shape[0] * receptive
     fan = fan_out if (layer.spatial and conv_fan == "fan_out") else fan_in
-    bound = gain * math.sqrt(1.0 / fan)
+    return gain * math.sqrt(1.0 / fan)
+
+
+def _init_layer(layer: PCNLayer, gain: float, conv_fan: str) -> None:
+    bound = init_bound(layer, gain, conv_fan)
     with torch.no_grad():
-        w.uniform_(-bound, bound)
+        layer.weight.uniform_(-bound, bound)
         layer.bias.zero_()
 
 
@@ -121,7 +128,7 @@ def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, *,
 
 def vgg5(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, *,
          channels: Sequence[int] = (128, 256, 512, 512, 512), init_gain: float = 1.0,
-         output_gain: float = 1.0, conv_fan: str = "fan_out") -> PCN:
+         output_gain: float = 1.0, conv_fan: str = "fan_in") -> PCN:
     """docs/method.md §4: conv 128 | 256, pool | 512, pool | 512, pool | 512, pool | dense → classes."""
     if len(channels) != 5:
         raise ValueError(f"vgg5 takes 5 conv widths, got {list(channels)}")

@@ -20,9 +20,10 @@ SIGN_MODES = ("example", "batch")
 UPDATES = ("mod_pgd", "pgd")
 ORDERS = ("async", "sync")
 PRECISIONS = ("auto", "strict", "fast")
+PERTURBATIONS = ("nudge", "clamp")
 
 __all__ = ["EstimatorSettings", "SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "UPDATES", "ORDERS",
-           "PRECISIONS", "check_choice", "check_beta", "check_iterations"]
+           "PRECISIONS", "PERTURBATIONS", "check_choice", "check_beta", "check_iterations"]
 
 
 def check_choice(what: str, value, accepted) -> None:
@@ -63,7 +64,10 @@ class EstimatorSettings:
     by more than ``tol`` in an iteration. ``precision``: ``strict`` (the parameters' dtype,
     TF32 off), ``fast`` (bf16 convolutions on fp32 deviations) or ``auto`` (fast for a float32
     model on CUDA, else strict). ``fused``: compile the elementwise work (``None``: on where
-    ``precision`` resolves to fast on CUDA).
+    ``precision`` resolves to fast on CUDA). ``perturbation``: ``nudge`` (β·C in the energy)
+    or ``clamp`` (the output held at ``(1 − β) h⁰_L + β·onehot(y)``, β signed by the scheme;
+    ``cost`` then enters only the reported loss). ``step_size``: α of the projected gradient
+    descent (docs/method.md §2; α = 1 gives the closed-form updates).
     """
     scheme: str = _f("centered", "EP estimator (bp: the backprop reference)", ALL_SCHEMES)
     beta: float = _f(0.05, "nudging strength β > 0 (the scheme sets its sign)")
@@ -78,6 +82,10 @@ class EstimatorSettings:
                         "CUDA, else strict)", PRECISIONS)
     fused: Optional[bool] = _f(None, "compile the elementwise work with torch.compile "
                                "(default: on with fast precision on CUDA)")
+    perturbation: str = _f("nudge", "nudge the output with β·C (Eq. 4), or clamp it to "
+                           "(1 − β) h⁰ + β·onehot(y) (Eq. 8; no cost function)", PERTURBATIONS)
+    step_size: float = _f(1.0, "step size α of the nudged phase's projected gradient descent "
+                          "(1: the closed forms)")
 
     def __post_init__(self):
         check_choice("scheme", self.scheme, ALL_SCHEMES)
@@ -86,6 +94,11 @@ class EstimatorSettings:
         check_choice("order", self.order, ORDERS)
         check_choice("sign mode", self.signs, SIGN_MODES)
         check_choice("precision", self.precision, PRECISIONS)
+        check_choice("perturbation", self.perturbation, PERTURBATIONS)
+        if isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float)) \
+                or not math.isfinite(self.step_size) or self.step_size <= 0:
+            raise ValueError(f"step_size must be a finite number > 0 (1: the closed-form "
+                             f"updates), got {self.step_size!r}")
         if self.scheme != "bp":
             check_beta(self.beta)
             check_iterations(self.iterations)

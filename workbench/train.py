@@ -16,8 +16,9 @@ enough to continue to exactly the uninterrupted result on the CPU.
 
 Defaults follow the paper's VGG5 cross-entropy recipe (docs/method.md §8): β = 0.02, K = 5, lr 0.01,
 momentum 0.9 (Nesterov), weight decay 3e-4, batch 64, 100 epochs, cosine down to 1e-6. The cosine
-schedule is applied per step: ``lr(t) = min_lr + (lr − min_lr)(1 + cos(π t / T)) / 2``, ``T`` the
-number of steps of the whole run.
+schedule is applied per epoch as in the paper (``lr(e) = min_lr + (lr − min_lr)(1 + cos(π e /
+E)) / 2`` for epoch ``e`` of ``E``), or per step with ``schedule="step"``; ``--preset`` names one
+of the paper's recipes (:mod:`workbench.presets`).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from .progress import Progress
 from .runfolder import CHECKPOINT, RunFolder, git_commit, hardware
 
 __all__ = ["TrainConfig", "run", "NonFiniteError", "add_arguments", "config_from_args", "main",
-           "cosine_lr", "input_size", "build_datasets", "build_model"]
+           "cosine_lr", "learning_rate", "input_size", "build_datasets", "build_model"]
 
 
 class NonFiniteError(RuntimeError):
@@ -51,6 +52,15 @@ class NonFiniteError(RuntimeError):
 def cosine_lr(step: int, total: int, lr: float, min_lr: float) -> float:
     """The learning rate used for step ``step`` (0-based) of ``total``."""
     return min_lr + (lr - min_lr) * (1 + math.cos(math.pi * step / total)) / 2
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of step ``step`` (0-based): cosine annealing from ``lr`` to ``min_lr``
+    over the epochs, constant within an epoch (``schedule="epoch"``, the paper's T_max =
+    epochs), or over the steps (``"step"``). A pure function of the step: resume is exact."""
+    if cfg.schedule == "epoch":
+        return cosine_lr(step // steps_per_epoch, cfg.epochs, cfg.lr, cfg.min_lr)
+    return cosine_lr(step, cfg.epochs * steps_per_epoch, cfg.lr, cfg.min_lr)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +160,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
         cfg = self.cfg
         x, y = self._to_device(self.train_set, x, y)
-        lr = cosine_lr(self.step, self.total_steps, cfg.lr, cfg.min_lr)
+        lr = learning_rate(cfg, self.step, self.steps_per_epoch)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.zero_grad(set_to_none=True)

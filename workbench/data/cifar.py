@@ -17,14 +17,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .images import NORMALISATION as NORMALISATION_TABLE
 from .images import ImageDataset
 from .locate import (DatasetNotFoundError, download_note, download_root, find_dir,
                      search_roots, torchvision_download)
 
 __all__ = ["build_cifar10", "build_cifar100", "NORMALISATION", "CROP_PADDING"]
 
-NORMALISATION = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-                 "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+NORMALISATION = {name: NORMALISATION_TABLE[name] for name in ("cifar10", "cifar100")}
 CROP_PADDING = 4
 _LAYOUT = {
     "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)],

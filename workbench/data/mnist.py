@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .images import NORMALISATION as NORMALISATION_TABLE
 from .images import ImageDataset
 from .locate import (DatasetNotFoundError, download_note, download_root, find_dir,
                      search_roots, torchvision_download)
@@ -28,7 +29,7 @@ __all__ = ["read_idx", "build_mnist", "build_fashion_mnist", "NORMALISATION"]
 
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
-NORMALISATION = {"mnist": ((0.1307,), (0.3081,)), "fashion-mnist": ((0.2860,), (0.3530,))}
+NORMALISATION = {name: NORMALISATION_TABLE[name] for name in ("mnist", "fashion-mnist")}
 _LAYOUT = {"mnist": ("MNIST", ("", "mnist", "MNIST/raw"), ()),
            "fashion-mnist": ("FashionMNIST", ("", "fashion-mnist", "fashion_mnist",
                                               "FashionMNIST/raw"),

@@ -7,7 +7,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from ..settings import ORDERS, UPDATES
+from ..settings import ORDERS, PERTURBATIONS, UPDATES
 from .lab import Lab, load_run
 
 __all__ = ["Explorer", "COLORS", "PHASE_DASH", "MARGIN", "layer_options", "positive", "finite",
@@ -45,6 +45,8 @@ class Explorer(W.VBox):
                                       continuous_update=False),
             "update": W.Dropdown(options=list(UPDATES), value="mod_pgd", description="update"),
             "order": W.Dropdown(options=list(ORDERS), value="async", description="order"),
+            "perturbation": W.Dropdown(options=list(PERTURBATIONS), value="nudge",
+                                       description="perturb"),
             **extra,
         }
         self.status = W.HTML()
@@ -74,7 +76,8 @@ class Explorer(W.VBox):
     def _common(self) -> dict:
         """The settings every engine call takes."""
         s = self.settings
-        return {k: s[k] for k in ("model", "batch", "beta", "iterations", "update", "order")}
+        return {k: s[k] for k in ("model", "batch", "beta", "iterations", "update", "order",
+                                  "perturbation")}
 
     def _quietly(self, fn) -> None:
         """Run ``fn`` (which sets controls) without redrawing for each control it sets."""

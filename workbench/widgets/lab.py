@@ -156,11 +156,12 @@ class Lab:
         return fit_input(self.x[sl], net.in_shape).to(p.device, self.dtype), self.y[sl].to(p.device)
 
     def estimate(self, model: str, batch: int, scheme: str, beta: float = 0.0,
-                 iterations: int = 0, update: str = "mod_pgd",
-                 order: str = "async") -> ep.Estimate:
+                 iterations: int = 0, update: str = "mod_pgd", order: str = "async",
+                 perturbation: str = "nudge") -> ep.Estimate:
         """``ep.estimate`` for these settings (``scheme="bp"``: the reference), computed once."""
         kw = {} if scheme == "bp" else dict(
-            beta=float(beta), iterations=int(iterations), update=update, order=order)
+            beta=float(beta), iterations=int(iterations), update=update, order=order,
+            perturbation=perturbation)
         key = (model, batch, scheme, *kw.values())
         if key not in self._estimates:
             x, y = self.batch(model, batch)
