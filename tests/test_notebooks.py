@@ -13,7 +13,7 @@ import nbformat
 import papermill
 import pytest
 
-from workbench import data
+from workbench import data, presets
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -114,16 +114,19 @@ def test_imagenet_notebook_runs_the_recipe_and_resumes(execute, tmp_path):
     """oracle: resume == no repeated work — the second execution on the same run_dir resumes
     from the final checkpoint and leaves metrics.jsonl and the summary's step count as they were."""
     run_dir = tmp_path / "imagenet-run"
-    small = dict(dataset="synthetic", data_root=None, image_size=32, iterations=2,
-                 model_args={"channels": [4] * 8, "dense": 16}, epochs=1, batch_size=8,
-                 limit_train=16, limit_test=16, checkpoint_every=1, probe_every=1, workers=0,
-                 device="cpu", run_dir=str(run_dir))
+    recipe = dict(presets.PRESETS["vgg10-imagenet"], dataset="synthetic", image_size=32,
+                  iterations=2, model_args={"channels": [4] * 8, "dense": 16}, epochs=1,
+                  batch_size=8)
+    small = dict(preset=None, overrides=recipe, data_root=None, limit_train=16, limit_test=16,
+                 checkpoint_every=1, probe_every=1, workers=0, device="cpu",
+                 run_dir=str(run_dir))
     first = execute("04_imagenet_vgg10.ipynb", out="first.ipynb", **small)
     assert f"starting a new run in {run_dir}" in first
     metrics = (run_dir / "metrics.jsonl").read_text()
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["model"], config["estimator"]["beta"], config["lr"], config["weight_decay"],
-            config["min_lr"], config["nesterov"]) == ("vgg10", 0.05, 0.02, 2e-4, 2e-6, True)
+            config["min_lr"], config["nesterov"], config["schedule"]) == \
+        ("vgg10", 0.05, 0.02, 2e-4, 2e-6, True, "epoch")
     second = execute("04_imagenet_vgg10.ipynb", out="second.ipynb", **small)
     assert f"resuming the run in {run_dir}" in second
     assert (run_dir / "metrics.jsonl").read_text() == metrics
