@@ -18,12 +18,14 @@ SMALL = {
     "mlp": dict(kw=dict(widths=(24, 16)), size=8, ch=1),
     "vgg5": dict(kw=dict(channels=(4, 6, 8, 8, 8)), size=32, ch=1),
     "vgg10": dict(kw=dict(channels=(4, 4, 6, 6, 8, 8, 8, 8), dense=16), size=32, ch=3),
+    "vgg10skip": dict(kw=dict(channels=(4, 4, 6, 6, 8, 8, 8, 8), dense=16), size=32, ch=3),
+    "mlp-skip": dict(kw=dict(widths=(24, 16, 16), skips=((0, 2), (1, 4))), size=8, ch=1),
 }
 
 
 def small(name, seed=0, batch=4, classes=5):
     spec = SMALL[name]
-    return synthetic.batch(name, batch, num_classes=classes, in_channels=spec["ch"],
+    return synthetic.batch(name.split("-")[0], batch, num_classes=classes, in_channels=spec["ch"],
                            image_size=spec["size"], seed=seed, data_seed=seed + 1, dtype=F64,
                            **spec["kw"])
 
@@ -40,7 +42,7 @@ def converged_phase(net, x, y, beta, cost="ce", update="mod_pgd", order="async",
 
 
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["mlp", "vgg5", "vgg10"])
+@pytest.mark.parametrize("name", ["mlp", "vgg5", "vgg10", "vgg10skip", "mlp-skip"])
 def test_free_phase_is_forward_pass_with_zero_energy(name):
     """Oracle: the free phase is the ordinary forward pass, where every ε_k = 0 so E = 0."""
     net, x, y = small(name)
@@ -363,7 +365,7 @@ def test_api_errors_for_inputs_and_models():
         ep.estimate(net, x[:0], y[:0])
     with pytest.raises(ValueError, match="conv_fan must be 'fan_in' or 'fan_out'"):
         models.build("vgg5", num_classes=10, in_channels=1, image_size=32, conv_fan="fanout")
-    with pytest.raises(ValueError, match="available: mlp, vgg10, vgg5"):
+    with pytest.raises(ValueError, match="available: mlp, vgg10, vgg10skip, vgg5"):
         models.build("resnet50")
     with pytest.raises(ValueError, match="overrides accepted"):
         models.build("vgg5", num_classes=10, in_channels=1, image_size=32, widths=(3,))

@@ -31,7 +31,7 @@ def make_phase(net, x, y, beta, precision, update="mod_pgd", order="async"):
 
 
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["vgg5", "vgg10"])
+@pytest.mark.parametrize("name", ["vgg5", "vgg10", "vgg10skip"])
 def test_fast_plumbing_in_float64_equals_strict(name, monkeypatch):
     """Oracle: the strict float64 estimate. The fast path — its casts between state and compute
     dtypes and its channels_last layout — run with float64 as the 'low' dtype gives the same
@@ -136,21 +136,23 @@ def test_skipping_zero_deviations_changes_nothing(monkeypatch):
     assert c_skip["apply"] < c_full["apply"] and c_skip["transpose"] < c_full["transpose"]
 
 
-def test_bf16_fast_mode_is_faithful_to_float64():
+@pytest.mark.parametrize("name", ["vgg5", "vgg10skip"])
+def test_bf16_fast_mode_is_faithful_to_float64(name):
     """Oracles: a float64 run of the same estimator (same β, K, weights, batch), beside BP in
-    bf16 against float64 BP (the fidelity rule, docs/method.md §7), and the fp32 forward pass. Fast mode on CPU
-    computes the free state in fp32 (equal to the forward pass) and the deviations' convolutions
-    in bf16: every layer's cosine is ≥ 0.999 at β = 0.05 and 0.0005 (the plain form scored
-    0.0–0.7 in bf16, docs/method.md §7; bf16 BP scores 0.96–0.999 here) and the rule holds."""
+    bf16 against float64 BP (the fidelity rule, docs/method.md §7), and the fp32 forward pass.
+    Fast mode on CPU computes the free state in fp32 (equal to the forward pass) and the
+    deviations' convolutions in bf16: every layer's (and skip map's) cosine is ≥ 0.999 at
+    β = 0.05 and 0.0005 (the plain form scored 0.0–0.7 in bf16, docs/method.md §7; bf16 BP
+    scores 0.96–0.999 here) and the rule holds."""
     from workbench import bench
 
-    net, x, y = small("vgg5", seed=1, batch=8, dtype=torch.float32)
+    net, x, y = small(name, seed=1, batch=8, dtype=torch.float32)
     est = ep.estimate(net, x, y, scheme="forward", beta=0.05, iterations=2, precision="fast")
     assert torch.equal(est.logits, net(x))
     res = bench.fidelity(net, x, y, ["centered", "forward"], precisions=["fast"],
                          betas=(0.05, 0.0005), iterations=6)
     bp = res["bp"]["fast"]
-    assert all(0.95 < c < 1 - 1e-7 for c in bp[:4]), bp                # BP really rounded
+    assert all(0.8 < c < 1 - 1e-7 for c in bp[:4]), bp                 # BP really rounded
     for beta, rows in res["betas"].items():
         for scheme, by_precision in rows.items():
             row = by_precision["fast"]
@@ -287,7 +289,7 @@ def test_window_codes_pool_and_unpool_like_max_pool2d():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["vgg5", "vgg10", "mlp"])
+@pytest.mark.parametrize("name", ["vgg5", "vgg10", "mlp", "vgg10skip"])
 def test_fused_equals_eager(name):
     """Oracle: the eager engine. ``fused=True`` compiles the elementwise pieces with
     torch.compile (here inductor's CPU backend), pooling by window codes and fusing the drive,

@@ -23,6 +23,8 @@ MODELS = {
     "vgg5": dict(size=32, ch=3, kw=dict(conv_fan="fan_in")),
     "vgg10": dict(size=64, ch=3, kw=dict(channels=(32, 64, 64, 64, 128, 128, 128, 128),
                                          dense=256)),
+    "vgg10skip": dict(size=64, ch=3, kw=dict(channels=(32, 64, 64, 64, 128, 128, 128, 128),
+                                             dense=256)),
 }
 
 

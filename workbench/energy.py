@@ -50,7 +50,7 @@ def cost_grad(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def layer_energies(net, states: list[torch.Tensor]) -> torch.Tensor:
     """``½‖ε_k‖²`` per example and layer, shape ``(N, L)``, from states ``[h_0, …, h_L]``."""
-    errs = [h - layer(h_prev) for layer, h_prev, h in zip(net.layers, states[:-1], states[1:])]
+    errs = [states[k] - net.predict(k, states) for k in range(1, len(net.layers) + 1)]
     return torch.stack([0.5 * e.flatten(1).pow(2).sum(1) for e in errs], 1)
 
 

@@ -173,9 +173,11 @@ def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, f
                 else:
                     totals[k] = [gw, gb]
     grads = {}
-    for k, layer in enumerate(net.layers, start=1):
-        gw, gb = totals.get(k, (torch.zeros_like(layer.weight), torch.zeros_like(layer.bias)))
-        grads[f"layers.{k - 1}.weight"], grads[f"layers.{k - 1}.bias"] = gw, gb
+    maps = [(k, f"layers.{k - 1}", layer) for k, layer in enumerate(net.layers, start=1)]
+    maps += [(("skip", i), f"skips.{i}", skip) for i, skip in enumerate(net.skips)]
+    for key, prefix, layer in maps:
+        gw, gb = totals.get(key, (torch.zeros_like(layer.weight), torch.zeros_like(layer.bias)))
+        grads[f"{prefix}.weight"], grads[f"{prefix}.bias"] = gw, gb
     return grads, tr, free.logits.detach()
 
 
@@ -244,18 +246,22 @@ def compare(net, estimate_grads: dict, reference_grads: dict) -> list[dict]:
     """Per-layer cosine and relative error of an estimate against a reference gradient.
 
     Each layer's weight and bias gradients are concatenated. Returns one dict per layer:
-    ``{"layer": k, "cosine": c, "rel_error": ‖g − r‖/‖r‖, "norm": ‖g‖, "ref_norm": ‖r‖}``.
+    ``{"layer": k, "cosine": c, "rel_error": ‖g − r‖/‖r‖, "norm": ‖g‖, "ref_norm": ‖r‖}``,
+    then one per skip (``"layer": "2→5"``, ``"kind": "skip"``).
     Computed in float64.
     """
     rows = []
-    for k, layer in enumerate(net.layers, start=1):
-        keys = [f"layers.{k - 1}.weight", f"layers.{k - 1}.bias"]
+    maps = [(k, f"layers.{k - 1}", layer.kind) for k, layer in enumerate(net.layers, start=1)]
+    maps += [(f"{s.src}→{s.dst}", f"skips.{i}", "skip")
+             for i, s in enumerate(getattr(net, "skips", ()))]
+    for k, prefix, kind in maps:
+        keys = [f"{prefix}.weight", f"{prefix}.bias"]
         g = _flat(estimate_grads, keys)
         r = _flat(reference_grads, keys, g.device)
         gn, rn = float(g.norm()), float(r.norm())
         cos = float(g @ r) / (gn * rn) if gn > 0 and rn > 0 else float("nan")
         rel = float((g - r).norm()) / rn if rn > 0 else float("nan")
-        rows.append({"layer": k, "kind": layer.kind, "cosine": cos, "rel_error": rel,
+        rows.append({"layer": k, "kind": kind, "cosine": cos, "rel_error": rel,
                      "norm": gn, "ref_norm": rn})
     return rows
 

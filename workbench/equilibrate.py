@@ -56,7 +56,8 @@ class FreeState:
     pooling indices and ``zc[k]`` the conv output before pooling *centred on its pooled value*,
     ``z − a`` spread over each 2×2 window (≤ 0, and 0 where the pool chose); the last two only
     for pooling layers, else ``None``. All in the state dtype. ``h[0]`` is the input.
-    ``maps[k - 1]``: layer k's :class:`~workbench.layers.LayerMap` in ``precision``.
+    ``maps[k - 1]``: layer k's :class:`~workbench.layers.LayerMap` in ``precision``;
+    ``skip_maps[i]``: the map of ``net.skips[i]``.
     """
     h: list
     a: list
@@ -64,6 +65,7 @@ class FreeState:
     idx: list
     maps: list
     precision: Precision
+    skip_maps: list = field(default_factory=list)
 
     @property
     def logits(self) -> torch.Tensor:
@@ -78,10 +80,15 @@ def free_phase(net, x: torch.Tensor, precision: Union[Precision, str] = "strict"
         p = next(net.parameters())
         precision = Precision.make(precision, p.dtype, p.device)
     maps = [layer.map(precision) for layer in net.layers]
+    skip_maps = [skip.map(precision) for skip in net.skips]
     with ieee_fp32() if precision.free_ieee else contextlib.nullcontext():
         h, a, zc, idx = [x.to(precision.state)], [None], [None], [None]
         for k, (layer, m) in enumerate(zip(net.layers, maps), start=1):
             out = m.apply(h[-1], bias=True, free=True)
+            for i, skip in enumerate(net.skips):
+                if skip.dst == k:
+                    out = out + skip_maps[i].apply(h[skip.src], bias=True,
+                                                   free=True).reshape(out.shape)
             if layer.pool:
                 if out.shape[-1] % 2 or out.shape[-2] % 2:
                     raise ValueError(f"layer {k} max-pools a {out.shape[-2]}x{out.shape[-1]} map; "
@@ -95,7 +102,7 @@ def free_phase(net, x: torch.Tensor, precision: Union[Precision, str] = "strict"
                 a.append(out)
                 idx.append(None)
             h.append(layer.act(a[-1]))
-    return FreeState(h, a, zc, idx, maps, precision)
+    return FreeState(h, a, zc, idx, maps, precision, skip_maps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +163,12 @@ class NudgedPhase:
         self.beta, self.cost_name, self.update, self.order = beta, cost_name, update, order
         self.perturbation, self.step_size = perturbation, float(step_size)
         self.L = len(net.layers)
+        # skips: index i of net.skips into / from each layer
+        self._into = [[] for _ in range(self.L + 1)]
+        self._from = [[] for _ in range(self.L + 1)]
+        for i, skip in enumerate(net.skips):
+            self._into[skip.dst].append(i)
+            self._from[skip.src].append(i)
         self._fx = kernels.compiled() if fused else kernels.EAGER
         self._keep = fused          # fused pieces widen the maps' outputs themselves
         self.d: list[Opt] = [None] * (self.L + 1)       # deviations d_k, None == exactly zero
@@ -187,14 +200,20 @@ class NudgedPhase:
         for k in range(1, self.L + 1):
             if self.d[k] is None:
                 self.d[k] = torch.zeros_like(self.free.h[k])
-                if k < self.L:
-                    self._fresh[k + 1] = False
+                self._changed(k)
 
     def selection(self, k: int) -> Opt:
         """The pooling choice of layer ``k`` at the current state: max_pool2d's flat indices
         (eager) or 2-bit window codes (fused); None for a layer that does not pool."""
         self.da(k)
         return self._sel[k] if self.net.layers[k - 1].pool else None
+
+    def _changed(self, k: int) -> None:
+        """``d_k`` changed: the pre-activations that read it are stale."""
+        if k < self.L:
+            self._fresh[k + 1] = False
+        for i in self._from[k]:
+            self._fresh[self.net.skips[i].dst] = False
 
     # -- cached pieces -------------------------------------------------------------------------
     def _ew(self, name: str, *args):
@@ -205,14 +224,30 @@ class NudgedPhase:
         return getattr(self._fx, name)(*(a.detach() if isinstance(a, torch.Tensor) else a
                                          for a in args))
 
+    def _dz(self, k: int) -> Opt:
+        """``W_k d_{k−1} + Σ S(d_src)``: the deviation of layer k's linear part (None: zero)."""
+        parts = [] if self.d[k - 1] is None else [
+            self.maps[k - 1].apply(self.d[k - 1], bias=False, keep=self._keep)]
+        for i in self._into[k]:
+            d_src = self.d[self.net.skips[i].src]
+            if d_src is not None:
+                parts.append(self.free.skip_maps[i].apply(d_src, bias=False, keep=self._keep))
+        if len(parts) < 2:
+            return parts[0] if parts else None
+        state = self.free.precision.state            # several maps: summed in the state dtype
+        out = parts[0].to(state)
+        for p in parts[1:]:
+            out = out + p.to(state).reshape(out.shape)
+        return out
+
     def da(self, k: int) -> Opt:
-        """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (None when it is zero)."""
+        """``δa_k = a_k − a⁰_k`` at the current ``d_{k−1}`` (and skip sources; None: zero)."""
         if not self._fresh[k]:
-            layer, d_in, free = self.net.layers[k - 1], self.d[k - 1], self.free
-            if d_in is None:
+            layer, free = self.net.layers[k - 1], self.free
+            dz = self._dz(k)
+            if dz is None:
                 self._da[k], self._sel[k] = None, self._free_sel[k]
             else:
-                dz = self.maps[k - 1].apply(d_in, bias=False, keep=self._keep)
                 if layer.pool:
                     self._da[k], self._sel[k] = self._ew("pool", free.zc[k], dz)
                 else:
@@ -252,6 +287,21 @@ class NudgedPhase:
         return g if scale is None else g * scale.view(-1, *([1] * (g.dim() - 1)))
 
     # -- one update ----------------------------------------------------------------------------
+    def _top_down(self, k: int) -> Opt:
+        """``Δ_k``: the transposed maps of everything that reads ``h_k`` — layer k+1 and the
+        skips from k — applied to their drives (None when all are zero)."""
+        shape = self.free.h[k].shape
+        g = self.drive(k + 1)
+        parts = [] if g is None else [self.maps[k].transpose(g, shape, keep=self._keep)]
+        for i in self._from[k]:
+            gd = self.drive(self.net.skips[i].dst)
+            if gd is not None:
+                parts.append(self.free.skip_maps[i].transpose(gd, shape, keep=self._keep))
+        if len(parts) < 2:
+            return parts[0] if parts else None
+        state = self.free.precision.state
+        return sum(p.to(state) for p in parts[1:]) + parts[0].to(state)
+
     def _new_deviation(self, k: int) -> Opt:
         free, alpha = self.free, self.step_size
         if k == self.L:
@@ -262,8 +312,7 @@ class NudgedPhase:
                 return target
             d = self.d[k]
             return alpha * target if d is None else (1 - alpha) * d + alpha * target
-        g = self.drive(k + 1)
-        delta = None if g is None else self.maps[k].transpose(g, free.h[k].shape, keep=self._keep)
+        delta = self._top_down(k)
         da = self.da(k)
         if alpha != 1.0:
             if delta is None and da is None and self.d[k] is None:
@@ -292,8 +341,7 @@ class NudgedPhase:
                     diff = d_new if old is None else (-old if d_new is None else d_new - old)
                     change[k - 1] = diff.abs().amax()
                 self.d[k] = d_new
-                if k < self.L:
-                    self._fresh[k + 1] = False
+                self._changed(k)
         return change
 
     # -- observables ---------------------------------------------------------------------------
@@ -350,11 +398,13 @@ class NudgedPhase:
         """``h_k`` at the current nudged state."""
         return self.free.h[k] if self.d[k] is None else self.free.h[k] + self.d[k]
 
-    def param_grads(self, weight: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """``Σ_n w_n ∂F_n/∂θ_k`` per layer k at the current state, ``w`` a ``(N,)`` weight.
+    def param_grads(self, weight: torch.Tensor) -> dict:
+        """``Σ_n w_n ∂F_n/∂θ`` at the current state, ``w`` a ``(N,)`` weight: per layer ``k``
+        (key ``k``) and per skip ``i`` of ``net.skips`` (key ``("skip", i)``), each a pair
+        (weight gradient, bias gradient).
 
-        ``∂F/∂θ_k = −(∂f_k/∂θ_k)ᵀ ε_k``: built from the deviation-form ``ε_k``; layers whose
-        error is exactly zero are left out.
+        ``∂F/∂θ_k = −(∂f_k/∂θ_k)ᵀ ε_k``: built from the deviation-form ``ε_k``; a skip into
+        layer k shares its drive. Maps whose error is exactly zero are left out.
         """
         out = {}
         for k in range(1, self.L + 1):
@@ -363,4 +413,7 @@ class NudgedPhase:
             if g is None:
                 continue
             out[k] = self.maps[k - 1].param_grads(self.state(k - 1), g)
+            for i in self._into[k]:
+                src = self.net.skips[i].src
+                out[("skip", i)] = self.free.skip_maps[i].param_grads(self.state(src), g)
         return out

@@ -33,6 +33,9 @@ class GradcheckOptions:
     device: str = option("cpu", "cpu or cuda")
     seed: int = option(0, "seed of the model, the batch and the random scheme's signs")
     json: bool = option(False, "print one JSON object instead of a table")
+    model_args: dict = option(default_factory=dict, kind="name_value",
+                              help="model override NAME=VALUE (JSON value), e.g. "
+                                   "channels=[4,4,6,6,8,8,8,8]; repeatable")
     estimator: EstimatorSettings = option(default_factory=EstimatorSettings,
                                           help="the estimate")
 
@@ -53,13 +56,14 @@ def run(args) -> dict:
     size = o.image_size or models.default_image_size(o.model)
     net, x, y = batch(o.model, o.batch_size, num_classes=o.num_classes,
                       in_channels=o.in_channels, image_size=size, seed=o.seed,
-                      device=o.device, dtype=DTYPES[o.dtype])
+                      device=o.device, dtype=DTYPES[o.dtype], **o.model_args)
     gen = torch.Generator().manual_seed(o.seed)
     ref = ep.estimate(net, x, y, s, scheme="bp", accumulate=False)
     est = ep.estimate(net, x, y, s, accumulate=False, generator=gen)
     layers = ep.compare(net, est.grads, ref.grads)
     return {"model": o.model, **s.to_dict(), "dtype": o.dtype, "batch_size": o.batch_size,
-            "image_size": size, "seed": o.seed,
+            "image_size": size, "seed": o.seed, "model_args": dict(o.model_args),
+            "parameters": sum(p.numel() for p in net.parameters()),
             "final_energy": [ph.final_energy for ph in est.trace.phases], "layers": layers}
 
 
@@ -71,6 +75,7 @@ def main(args) -> int:
     print(f"{out['model']} {out['scheme']} beta={out['beta']} K={out['iterations']} "
           f"cost={out['cost']} {out['update']}/{out['order']} {out['dtype']} "
           f"batch={out['batch_size']}x{out['image_size']}px")
+    print(f"parameters: {out['parameters']:,}")
     print(f"{'layer':>5} {'kind':>5} {'cosine':>10} {'rel_error':>10}")
     for r in out["layers"]:
         print(f"{r['layer']:>5} {r['kind']:>5} {r['cosine']:>10.6f} {r['rel_error']:>10.3e}")

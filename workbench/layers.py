@@ -18,7 +18,7 @@ from torch import nn
 
 from .precision import Precision
 
-__all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "LayerMap"]
+__all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "SkipLayer", "LayerMap"]
 
 
 class PCNLayer(nn.Module):
@@ -132,6 +132,52 @@ class DenseLayer(PCNLayer):
 
     def operand(self, t, dtype, memory_format=torch.contiguous_format):
         return t.to(dtype).flatten(1)
+
+
+class SkipLayer(PCNLayer):
+    """A skip connection ``S`` from layer ``src`` into layer ``dst`` (docs/method.md §4): its
+    output is added to ``dst``'s linear part before pooling and ReLU, ``f_dst = ReLU(pool(W
+    h_{dst−1} + b + S(h_src)))``. A 1×1 convolution with stride ``stride`` and a bias between
+    spatial maps, a dense map (on the flattened source) into a dense layer. ``src_shape`` is one
+    example's source state (for the transposed map's output size)."""
+    kind = "skip"
+
+    def __init__(self, src: int, dst: int, in_features: int, out_features: int, *,
+                 spatial: bool, stride: int = 1, src_shape: tuple = ()):
+        self.spatial = spatial                  # before PCNLayer's checks
+        shape = (out_features, in_features, 1, 1) if spatial else (out_features, in_features)
+        super().__init__(shape, relu=False)
+        self.src, self.dst, self.stride, self.src_shape = src, dst, int(stride), tuple(src_shape)
+
+    def linear_with(self, h, weight, bias):
+        if self.spatial:
+            return F.conv2d(h, weight, bias, stride=self.stride)
+        return F.linear(h.flatten(1), weight, bias)
+
+    def transpose_with(self, g, weight):
+        if not self.spatial:
+            return g @ weight
+        size = self.src_shape[-1]
+        pad = size - ((g.shape[-1] - 1) * self.stride + 1)
+        return F.conv_transpose2d(g, weight, stride=self.stride, output_padding=pad)
+
+    def grads_with(self, h, g, weight):
+        if not self.spatial:
+            return g.t() @ h, g.sum(0)
+        _, gw, gb = torch.ops.aten.convolution_backward(
+            g, h, weight, [weight.shape[0]], [self.stride] * 2, [0, 0], [1, 1], False, [0, 0], 1,
+            [False, True, True])
+        return gw, gb
+
+    def operand(self, t, dtype, memory_format=torch.contiguous_format):
+        if self.spatial:
+            return t.to(dtype, memory_format=memory_format)
+        return t.to(dtype).flatten(1)
+
+    def extra_repr(self) -> str:
+        o, i = self.weight.shape[:2]
+        what = f"1x1 conv stride {self.stride}" if self.spatial else "dense"
+        return f"skip {self.src}->{self.dst}: {what} {i}->{o}"
 
 
 class LayerMap:

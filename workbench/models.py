@@ -24,42 +24,66 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .layers import ConvLayer, DenseLayer, PCNLayer
 
-__all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "PCN", "build", "available", "register",
-           "default_image_size", "init_bound"]
+from .layers import ConvLayer, DenseLayer, PCNLayer, SkipLayer
+
+__all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "SkipLayer", "PCN", "build", "available",
+           "register", "default_image_size", "init_bound", "vgg10skip"]
 
 
 class PCN(nn.Module):
-    """A chain of :class:`PCNLayer`; ``forward(x)`` returns the logits ``h_L``.
+    """A chain of :class:`PCNLayer` (plus optional skips); ``forward(x)`` returns the logits.
 
     Attributes:
         layers: the maps ``f_1..f_L`` (``layers[k-1]`` is ``f_k``).
+        skips: :class:`~workbench.layers.SkipLayer` maps ``S`` from a layer ``src`` into a layer
+            ``dst`` (parameters ``skips.<i>.weight`` / ``.bias``); empty for a plain chain.
         in_shape: shape of one input example, e.g. ``(1, 32, 32)`` or ``(784,)``.
         num_classes: width of the output layer.
     """
 
     def __init__(self, layers: Sequence[PCNLayer], in_shape: tuple[int, ...], num_classes: int,
-                 name: str = "pcn"):
+                 name: str = "pcn", skips: Sequence[SkipLayer] = ()):
         super().__init__()
         self.layers = nn.ModuleList(layers)
+        self.skips = nn.ModuleList(skips)
         self.in_shape = tuple(in_shape)
         self.num_classes = num_classes
         self.name = name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
+    def skips_into(self, k: int) -> list:
+        """The skips whose output enters layer ``k``'s pre-activation."""
+        return [s for s in self.skips if s.dst == k]
+
+    def skips_from(self, j: int) -> list:
+        """The skips that read state ``h_j``."""
+        return [s for s in self.skips if s.src == j]
+
+    def predict(self, k: int, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``f_k(h_{k−1}, h_src…)`` from the states ``[h_0, …]``: the layer's linear part plus
+        its skips, then pooling and activation."""
+        layer = self.layers[k - 1]
+        z = layer.linear(states[k - 1])
+        for skip in self.skips_into(k):
+            z = z + skip.linear(states[skip.src]).reshape(z.shape)
+        return layer.act(F.max_pool2d(z, 2, 2) if layer.pool else z)
 
     def free_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """States ``[h_0 = x, h_1, …, h_L]`` of the free phase (the forward pass)."""
         states = [x]
-        for layer in self.layers:
-            states.append(layer(states[-1]))
+        for k in range(1, len(self.layers) + 1):
+            states.append(self.predict(k, states))
         return states
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not len(self.skips):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        return self.free_states(x)[-1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,9 +109,65 @@ def _init_layer(layer: PCNLayer, gain: float, conv_fan: str) -> None:
         layer.bias.zero_()
 
 
+def _state_shapes(layers: Sequence[PCNLayer], in_shape: tuple) -> list[tuple]:
+    """One example's state shape per layer, index 0 the input; and for layer k the shape of its
+    linear part's output (before pooling) as the second list."""
+    states, linear = [tuple(in_shape)], [None]
+    for layer in layers:
+        prev = states[-1]
+        if layer.spatial:
+            z = (layer.weight.shape[0], prev[-2], prev[-1])
+            linear.append(z)
+            states.append((z[0], z[1] // 2, z[2] // 2) if layer.pool else z)
+        else:
+            linear.append((layer.weight.shape[0],))
+            states.append((layer.weight.shape[0],))
+    return states, linear
+
+
+def _skips(pairs, layers: Sequence[PCNLayer], in_shape: tuple, name: str) -> list[SkipLayer]:
+    """Skip layers for ``pairs`` ``((src, dst), …)``, their kind and stride derived from the
+    shapes; impossible pairs are refused naming the layers and shapes."""
+    L = len(layers)
+    states, linear = _state_shapes(layers, in_shape)
+    out, seen = [], set()
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in pair)):
+            raise ValueError(f"{name}: skips must be pairs of layer indices (src, dst), got "
+                             f"{pair!r}")
+        src, dst = pair
+        if not (0 <= src < dst <= L):
+            raise ValueError(f"{name}: skip ({src}, {dst}) must go forward between layers 0 "
+                             f"(the input) and {L} (the output): 0 <= src < dst <= {L}")
+        if dst - src < 2:
+            raise ValueError(f"{name}: skip ({src}, {dst}) joins neighbouring layers, which the "
+                             f"chain already connects; a skip must jump at least one layer")
+        if (src, dst) in seen:
+            raise ValueError(f"{name}: skip ({src}, {dst}) is given twice")
+        seen.add((src, dst))
+        target, s_shape, z_shape = layers[dst - 1], states[src], linear[dst]
+        if target.spatial:
+            if len(s_shape) != 3:
+                raise ValueError(f"{name}: skip ({src}, {dst}) cannot feed conv layer {dst}'s "
+                                 f"{z_shape} map from the flat state {s_shape} of layer {src}")
+            stride = s_shape[-1] // z_shape[-1]
+            if stride < 1 or s_shape[-1] != stride * z_shape[-1] \
+                    or s_shape[-2] != stride * z_shape[-2]:
+                raise ValueError(f"{name}: skip ({src}, {dst}) cannot map layer {src}'s state "
+                                 f"{s_shape} onto layer {dst}'s {z_shape} map before pooling with "
+                                 f"a strided 1x1 convolution (sizes must be a whole multiple)")
+            out.append(SkipLayer(src, dst, s_shape[0], z_shape[0], spatial=True, stride=stride,
+                                 src_shape=s_shape))
+        else:
+            feats = math.prod(s_shape)
+            out.append(SkipLayer(src, dst, feats, z_shape[0], spatial=False, src_shape=s_shape))
+    return out
+
+
 def _vgg(spec: Sequence[tuple[int, bool]], dense: Sequence[int], num_classes: int,
          in_channels: int, image_size: int, init_gain: float, output_gain: float,
-         conv_fan: str, name: str) -> PCN:
+         conv_fan: str, name: str, skips=()) -> PCN:
     pools = sum(p for _, p in spec)
     if image_size % (2 ** pools) or image_size < 2 ** pools:
         raise ValueError(f"{name} pools {pools} times: image_size must be a positive multiple of "
@@ -101,16 +181,19 @@ def _vgg(spec: Sequence[tuple[int, bool]], dense: Sequence[int], num_classes: in
         layers.append(DenseLayer(feats, width))
         feats = width
     layers.append(DenseLayer(feats, num_classes, relu=False))
-    for layer in layers:
+    shape = (in_channels, image_size, image_size)
+    skip_layers = _skips(skips, layers, shape, name)
+    for layer in [*layers, *skip_layers]:
         _init_layer(layer, init_gain, conv_fan)
     _init_layer(layers[-1], output_gain, conv_fan)
-    return PCN(layers, (in_channels, image_size, image_size), num_classes, name=name)
+    return PCN(layers, shape, num_classes, name=name, skips=skip_layers)
 
 
 def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, *,
         widths: Sequence[int] = (512, 512), init_gain: float = 1.0,
-        output_gain: float = 1.0) -> PCN:
-    """Dense ReLU layers of the given ``widths``, then a linear output. Input is flattened."""
+        output_gain: float = 1.0, skips: Sequence = ()) -> PCN:
+    """Dense ReLU layers of the given ``widths``, then a linear output. Input is flattened.
+    ``skips``: ``((src, dst), …)`` dense skip maps (docs/method.md §4)."""
     widths = [int(w) for w in widths]
     if any(w < 1 for w in widths):
         raise ValueError(f"mlp widths must be positive integers, got {widths}")
@@ -120,34 +203,50 @@ def mlp(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, *,
         layers.append(DenseLayer(feats, w))
         feats = w
     layers.append(DenseLayer(feats, num_classes, relu=False))
-    for layer in layers:
+    shape = (in_channels, image_size, image_size)
+    skip_layers = _skips(skips, layers, shape, "mlp")
+    for layer in [*layers, *skip_layers]:
         _init_layer(layer, init_gain, "fan_in")
     _init_layer(layers[-1], output_gain, "fan_in")
-    return PCN(layers, (in_channels, image_size, image_size), num_classes, name="mlp")
+    return PCN(layers, shape, num_classes, name="mlp", skips=skip_layers)
 
 
 def vgg5(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, *,
          channels: Sequence[int] = (128, 256, 512, 512, 512), init_gain: float = 1.0,
-         output_gain: float = 1.0, conv_fan: str = "fan_in") -> PCN:
-    """docs/method.md §4: conv 128 | 256, pool | 512, pool | 512, pool | 512, pool | dense → classes."""
+         output_gain: float = 1.0, conv_fan: str = "fan_in", skips: Sequence = ()) -> PCN:
+    """docs/method.md §4: conv 128 | 256, pool | 512, pool | 512, pool | 512, pool | dense → classes.
+    ``skips``: ``((src, dst), …)`` strided 1×1 convolutions (or dense maps) added into ``dst``."""
     if len(channels) != 5:
         raise ValueError(f"vgg5 takes 5 conv widths, got {list(channels)}")
     spec = list(zip(channels, (False, True, True, True, True)))
     return _vgg(spec, (), num_classes, in_channels, image_size, init_gain, output_gain,
-                conv_fan, "vgg5")
+                conv_fan, "vgg5", skips)
 
 
 def vgg10(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, *,
           channels: Sequence[int] = (64, 128, 256, 256, 512, 512, 512, 512),
           dense: int = 2048, init_gain: float = 1.0, output_gain: float = 1.0,
-          conv_fan: str = "fan_out") -> PCN:
+          conv_fan: str = "fan_out", skips: Sequence = ()) -> PCN:
     """docs/method.md §4: conv 64, pool | 128, pool | 256 | 256, pool | 512 | 512, pool | 512 |
-    512, pool | dense 2048 | dense → classes (≈ 62M parameters at 224×224, 1000 classes)."""
+    512, pool | dense 2048 | dense → classes (62,651,752 parameters at 224×224, 1000 classes).
+    ``skips``: ``((src, dst), …)`` strided 1×1 convolutions added into ``dst``."""
     if len(channels) != 8:
         raise ValueError(f"vgg10 takes 8 conv widths, got {list(channels)}")
     pools = (True, True, False, True, False, True, False, True)
     return _vgg(list(zip(channels, pools)), (int(dense),), num_classes, in_channels, image_size,
-                init_gain, output_gain, conv_fan, "vgg10")
+                init_gain, output_gain, conv_fan, "vgg10", skips)
+
+
+def vgg10skip(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, *,
+              channels: Sequence[int] = (64, 128, 256, 256, 512, 512, 512, 512),
+              dense: int = 2048, init_gain: float = 1.0, output_gain: float = 1.0,
+              conv_fan: str = "fan_out", skips: Sequence = ((2, 5), (5, 8))) -> PCN:
+    """VGG10 with the paper's skips (§5.5): strided 1×1 convolutions from layer 2 into layer 5
+    and from layer 5 into layer 8 (62,980,456 parameters at 224×224, 1000 classes)."""
+    net = vgg10(num_classes, in_channels, image_size, channels=channels, dense=dense,
+                init_gain=init_gain, output_gain=output_gain, conv_fan=conv_fan, skips=skips)
+    net.name = "vgg10skip"
+    return net
 
 
 @dataclass(frozen=True)
@@ -157,7 +256,7 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {"mlp": _Entry(mlp, 28), "vgg5": _Entry(vgg5, 32),
-                                "vgg10": _Entry(vgg10, 224)}
+                                "vgg10": _Entry(vgg10, 224), "vgg10skip": _Entry(vgg10skip, 224)}
 
 
 def register(name: str, fn: Callable[..., PCN], image_size: int = 32) -> None:
