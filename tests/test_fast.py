@@ -8,12 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench import energy, ep
+from workbench import ep
 from workbench import precision as eq
 from workbench import kernels
 from workbench.equilibrate import NudgedPhase, free_phase
 from workbench.layers import LayerMap
 from workbench.precision import Precision
+from plain import plain_iteration
 from test_engine import small as small64
 
 F64 = torch.float64
@@ -56,24 +57,8 @@ def test_fast_plumbing_in_float64_equals_strict(name, monkeypatch):
 
 
 def plain_step(net, states, y, beta, update, sweeps):
-    """One iteration of docs/method.md §2 on full states; Δ_k = ε_k − ∂E/∂h_k by autograd of E."""
-    L = len(net.layers)
-    for sweep in sweeps:
-        hs = [states[0]] + [h.detach().requires_grad_() for h in states[1:]]
-        E = energy.layer_energies(net, hs).sum()
-        grads = torch.autograd.grad(E, hs[1:])
-        new = {}
-        with torch.no_grad():
-            for k in sweep:
-                layer, pre = net.layers[k - 1], net.layers[k - 1].pre(states[k - 1])
-                if k == L:
-                    new[k] = pre - beta * energy.cost_grad("ce", states[k], y)
-                    continue
-                delta = (states[k] - layer(states[k - 1])) - grads[k - 1]
-                base = pre if update == "mod_pgd" else torch.relu(pre)
-                new[k] = torch.relu(base + delta)
-        states = [new.get(k, h) for k, h in enumerate(states)]
-    return states
+    """One iteration of docs/method.md §2 on full states (tests/plain.py)."""
+    return plain_iteration(net, states, y, beta, update, sweeps)
 
 
 @pytest.mark.parametrize("name,update,order", [

@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from plain import plain_iteration
+
 from workbench import energy, ep, models, presets
 from workbench.config import TrainConfig
 from workbench.data import images, synthetic
@@ -132,17 +134,7 @@ def _plain_clamped(net, x, y, beta, iterations, update="mod_pgd"):
     sweeps = [[k for k in range(1, L) if k % 2 == L % 2], [k for k in range(1, L)
                                                              if k % 2 != L % 2]]
     for _ in range(iterations):
-        for sweep in sweeps:
-            hs = [states[0]] + [h.detach().requires_grad_() for h in states[1:]]
-            grads = torch.autograd.grad(energy.layer_energies(net, hs).sum(), hs[1:])
-            new = {}
-            with torch.no_grad():
-                for k in sweep:
-                    layer = net.layers[k - 1]
-                    pre = layer.pre(states[k - 1])
-                    delta = (states[k] - layer(states[k - 1])) - grads[k - 1]
-                    new[k] = torch.relu((pre if update == "mod_pgd" else torch.relu(pre)) + delta)
-            states = [new.get(k, h) for k, h in enumerate(states)]
+        states = plain_iteration(net, states, y, beta, update, sweeps, hold_output=True)
     params = list(net.parameters())
     e = energy.layer_energies(net, [s.detach() for s in states]).sum() / (beta * x.shape[0])
     return dict(zip([n for n, _ in net.named_parameters()], torch.autograd.grad(e, params)))

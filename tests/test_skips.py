@@ -10,8 +10,9 @@ import sys
 import pytest
 import torch
 
+from plain import plain_iteration
 from test_engine import small
-from workbench import energy, ep, models
+from workbench import ep, models
 from workbench.equilibrate import NudgedPhase, free_phase
 from workbench.precision import Precision
 
@@ -42,31 +43,6 @@ def test_ep_with_skips_tends_to_backprop_with_the_expected_bias_order(name):
         assert all(abs(s - order) < 0.05 for s in slopes), (scheme, slopes)
 
 
-def _plain_step(net, states, y, beta, sweeps):
-    """One iteration of docs/method.md §2 on full states with the skips in the energy:
-    Δ_k = ε_k − ∂E/∂h_k by autograd of E (E reads every skip), a_k from the layer's linear
-    part plus its skips."""
-    L = len(net.layers)
-    for sweep in sweeps:
-        hs = [states[0]] + [h.detach().requires_grad_() for h in states[1:]]
-        grads = torch.autograd.grad(energy.layer_energies(net, hs).sum(), hs[1:])
-        new = {}
-        with torch.no_grad():
-            for k in sweep:
-                layer = net.layers[k - 1]
-                z = layer.linear(states[k - 1])
-                for skip in net.skips_into(k):
-                    z = z + skip.linear(states[skip.src]).reshape(z.shape)
-                pre = torch.nn.functional.max_pool2d(z, 2, 2) if layer.pool else z
-                if k == L:
-                    new[k] = pre - beta * energy.cost_grad("ce", states[k], y)
-                    continue
-                delta = (states[k] - net.predict(k, states)) - grads[k - 1]
-                new[k] = torch.relu(pre + delta)
-        states = [new.get(k, h) for k, h in enumerate(states)]
-    return states
-
-
 @pytest.mark.parametrize("name,order", [("vgg10skip", "async"), ("vgg10skip", "sync"),
                                         ("mlp-skip", "async")])
 def test_deviation_form_with_skips_equals_the_plain_form(name, order):
@@ -83,7 +59,7 @@ def test_deviation_form_with_skips_equals_the_plain_form(name, order):
     states = [h.clone() for h in free.h]
     for _ in range(6):
         phase.step()
-        states = _plain_step(net, states, y, 0.3, phase.sweeps)
+        states = plain_iteration(net, states, y, 0.3, "mod_pgd", phase.sweeps)
         for k in range(1, len(net.layers) + 1):
             assert torch.allclose(phase.state(k), states[k], rtol=0, atol=1e-12), k
 
