@@ -30,6 +30,10 @@ SCREENSHOTS = REPO / "runs" / "browser"
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's /usr/bin/chromium")]
 
+# every title of every plotly graph in the page (the figure's and its subplots')
+TITLES = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(p =>
+  [((p.layout || {}).title || {}).text || ''].concat(((p.layout || {}).annotations || [])
+  .map(a => a.text || '')))"""
 # y values of every trace of every plotly graph in the page
 PLOT_DATA = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
                          .map(g => (g.data || []).map(t => Array.from(t.y || [])))"""
@@ -95,7 +99,8 @@ def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
     """oracle: the plotly graphs in the page before and after a drag of the β slider: the
     readout shows a smaller β, and the energy plot now holds the engine's own trace
     (ep.estimate run here on the same model and batch at that β) — the kernel recomputed and
-    the figure synchronised through JupyterLab's widget manager into the page."""
+    the figure synchronised through JupyterLab's widget manager into the page; the
+    diagnostics panels (switched units, fixed-point residual) are in the page too."""
     from playwright.sync_api import sync_playwright
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -144,9 +149,18 @@ def drag_beta_slider(page, url: str) -> tuple:
                            " && document.querySelector('.js-plotly-plot').data"
                            " && document.querySelector('.js-plotly-plot').data.length >= 6")
     before = page.evaluate(PLOT_DATA)
+    page.wait_for_function(f"() => ({TITLES})().some(t => t.includes('fixed-point residual'))")
+    titles = page.evaluate(TITLES)
+    assert any("ReLU units switched" in t for t in titles), titles      # the diagnostics panels
     slider = page.locator(".widget-hslider").filter(has=page.locator("label", has_text="β"))
     readout = slider.locator(".widget-readout")
+    slider.scroll_into_view_if_needed()     # Run All leaves the view at the last cell
     start = readout.inner_text()
+    for _ in range(40):                     # a re-rendered widget fills its readout a moment later
+        if start.strip():
+            break
+        page.wait_for_timeout(250)
+        start = readout.inner_text()
     handle = slider.locator(".noUi-handle")
     handle.scroll_into_view_if_needed()
     box = handle.bounding_box()
@@ -166,4 +180,10 @@ def drag_beta_slider(page, url: str) -> tuple:
         if again == after:
             break
         after = again
-    return before, after, start, readout.inner_text()
+    end = readout.inner_text()
+    for _ in range(40):
+        if end.strip():
+            break
+        page.wait_for_timeout(250)
+        end = readout.inner_text()
+    return before, after, start, end

@@ -157,7 +157,9 @@ def test_bias_explorer_layer_view_costs_no_engine_calls(engine_calls):
     ex = widgets.GradientBiasExplorer({"m": small_mlp()}, batch_size=8, schemes=("centered",),
                                       betas=(0.01, 0.1), iterations_sweep=(4, 8))
     n = len(engine_calls)
-    assert n == 1 + 1 + 2 + 2   # BP, the current point, the β sweep, the K sweep
+    # BP, the current point, the converged estimate (the bias/truncation split), the β sweep,
+    # the K sweep
+    assert n == 1 + 1 + 1 + 2 + 2
     ex.controls["layer"].value = 2
     ex.controls["schemes"].value = ("centered",)
     assert len(engine_calls) == n
@@ -167,7 +169,8 @@ def test_bias_explorer_layer_view_costs_no_engine_calls(engine_calls):
     assert point.y[1] == pytest.approx(widgets.relative_error(est.grads, ref.grads, 2))
     assert "layer 2" in ex.figures["beta"].layout.title.text
     ex.controls["iterations"].value = 8
-    assert len(engine_calls) == n + 2   # the new current point is the K sweep's; 2 new β points
+    # the new current point is the K sweep's; 2 new β points; the converged one is cached
+    assert len(engine_calls) == n + 2
 
 
 def test_explorer_defaults_pad_images_for_vgg5():

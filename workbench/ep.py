@@ -152,7 +152,7 @@ def _phase_signs(s: EstimatorSettings, n: int, signs: Optional[torch.Tensor],
 
 
 def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, fused: bool,
-                  trace: bool):
+                  trace: bool, diagnostics: bool = False):
     """The free phase, one nudged phase per entry of ``sign_list``, and the summed estimate."""
     n = x.shape[0]
     with precision_context(prec), torch.no_grad():
@@ -164,7 +164,8 @@ def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, f
             phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, s.update, s.order, fused,
                                 s.perturbation, s.step_size)
             tr.phases.append(phase.run(s.iterations, tol=s.tol, record=trace,
-                                       signs=sign if s.scheme == "random" else None))
+                                       signs=sign if s.scheme == "random" else None,
+                                       diagnostics=diagnostics))
             weight = 1.0 / (b * n * len(sign_list))
             for k, (gw, gb) in phase.param_grads(weight).items():
                 if k in totals:
@@ -183,7 +184,8 @@ def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, f
 
 def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[EstimatorSettings] = None,
              *, signs=None, trace: bool = True, accumulate: bool = True,
-             generator: Optional[torch.Generator] = None, **overrides) -> Estimate:
+             generator: Optional[torch.Generator] = None, diagnostics: bool = False,
+             **overrides) -> Estimate:
     """Estimate the gradient of the batch-mean cost and write it into ``.grad``.
 
     Args:
@@ -200,6 +202,9 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
         trace: record every iteration (else only the final energies and cost).
         accumulate: add to existing ``.grad`` like ``backward()`` (default), or overwrite.
         generator: RNG for the ``random`` scheme's signs (default: torch's global RNG).
+        diagnostics: also record, per layer, the switched ReLU units, the changed pooling
+            winners and the fixed-point residual (``PhaseTrace.switched`` etc.; one extra
+            update of every layer per recorded row).
 
     With ``fused`` left at None (auto) on CUDA, a failure to compile the fused kernels is
     reported once as a warning and the eager kernels are used from then on.
@@ -224,7 +229,8 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
     fused = (prec.name == "fast" and x.device.type == "cuda" and not _FUSED_BROKEN) if auto \
         else s.fused
     try:
-        grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, fused, trace)
+        grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, fused, trace,
+                                          diagnostics)
     except Exception as e:      # only the automatic choice falls back; fused=True raises
         if not (auto and fused):
             raise
@@ -232,7 +238,8 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
         warnings.warn(f"compiling the fused elementwise kernels failed ({type(e).__name__}: "
                       f"{e}); using the eager kernels from now on (pass fused=False to "
                       f"silence this)", RuntimeWarning, stacklevel=2)
-        grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, False, trace)
+        grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, False, trace,
+                                          diagnostics)
     grads = {name: grads[name] for name, _ in net.named_parameters()}
     _write_grads(net, grads, accumulate)
     return Estimate(grads, tr, tr.free_cost, logits, s)

@@ -121,6 +121,14 @@ class PhaseTrace:
     ``beta``: the phase's signed β (for ``random`` with per-example signs: ``+β`` with
     ``signs`` holding ±1 per example). ``iterations``: iterations run (< K if ``tol`` stopped it).
     Only the final row is kept when tracing is off (``energy`` is then ``(1, L)``).
+
+    Diagnostics (``diagnostics=True``; else None), rows like ``energy``: ``switched`` the
+    fraction of layer k's ReLU units whose pre-activation sign differs from the free state's
+    (0 for the linear output); ``pool_changed`` the fraction of its 2×2 pooling windows whose
+    winner changed (0 where it does not pool); ``residual_max`` / ``residual_rms`` the largest
+    and root-mean-square entry of the fixed-point residual ``h_k − T_k(h)``, ``T`` the update
+    map applied to every layer at once from the current state (so for ``order="sync"`` it is
+    the next iteration's change; zero at a fixed point whatever the order).
     """
     beta: float
     energy: torch.Tensor
@@ -129,6 +137,10 @@ class PhaseTrace:
     state_change: torch.Tensor
     iterations: int
     signs: Optional[torch.Tensor] = None
+    switched: Optional[torch.Tensor] = None
+    pool_changed: Optional[torch.Tensor] = None
+    residual_max: Optional[torch.Tensor] = None
+    residual_rms: Optional[torch.Tensor] = None
 
     @property
     def final_energy(self) -> float:
@@ -357,22 +369,48 @@ class NudgedPhase:
     def costs(self) -> torch.Tensor:
         return cost(self.cost_name, self.state(self.L), self.y)
 
+    def diagnose(self) -> torch.Tensor:
+        """``(4, L)``: per layer, the switched ReLU fraction, the changed pooling fraction and
+        the max and RMS of the fixed-point residual at the current state (see
+        :class:`PhaseTrace`). Costs one update of every layer (nothing is changed)."""
+        L, free = self.L, self.free
+        out = free.h[-1].new_zeros((4, L), dtype=torch.float64)
+        for k in range(1, L + 1):
+            layer, da = self.net.layers[k - 1], self.da(k)
+            if layer.relu and da is not None:
+                a0 = free.a[k]
+                out[0, k - 1] = ((a0 + da.to(a0.dtype) > 0) != (a0 > 0)).double().mean()
+            if layer.pool and self._sel[k] is not self._free_sel[k]:
+                out[1, k - 1] = (self._sel[k] != self._free_sel[k]).double().mean()
+        held = {self.L} if self.perturbation == "clamp" else set()
+        new = {k: self._new_deviation(k) for k in range(1, L + 1) if k not in held}
+        for k, d_new in new.items():
+            old = self.d[k]
+            if d_new is None and old is None:
+                continue
+            r = (d_new if old is None else (-old if d_new is None else d_new - old)).double()
+            out[2, k - 1], out[3, k - 1] = r.abs().amax(), r.pow(2).mean().sqrt()
+        return out
+
     def run(self, iterations: int, tol: Optional[float] = None, record: bool = True,
-            signs: Optional[torch.Tensor] = None) -> PhaseTrace:
+            signs: Optional[torch.Tensor] = None, diagnostics: bool = False) -> PhaseTrace:
         """Run up to ``iterations`` iterations (fewer if every state changed by < ``tol``).
 
         With ``record`` off, only the final iteration's state change is measured (every
         iteration's when ``tol`` is set) and nothing waits for the device inside the loop
-        unless ``tol`` is set.
+        unless ``tol`` is set. ``diagnostics``: also record :meth:`diagnose` (every iteration
+        with ``record``, else at the end).
         """
         beta = self.beta.flatten()
-        e_rows, c_rows, f_rows, changes = [], [], [], []
+        e_rows, c_rows, f_rows, changes, d_rows = [], [], [], [], []
 
         def observe():
             e, c = self.energies(), self.costs()
             e_rows.append(e)
             c_rows.append(c.mean())
             f_rows.append(e.sum() if self.perturbation == "clamp" else e.sum() + (beta * c).mean())
+            if diagnostics:
+                d_rows.append(self.diagnose())
 
         if record:
             observe()
@@ -389,10 +427,13 @@ class NudgedPhase:
         if not record:
             observe()
         mag = float(beta.abs().max())
+        diag = torch.stack(d_rows).cpu() if diagnostics else None
+        parts = {} if diag is None else dict(switched=diag[:, 0], pool_changed=diag[:, 1],
+                                             residual_max=diag[:, 2], residual_rms=diag[:, 3])
         return PhaseTrace(beta=mag if signs is not None else float(beta[0]),
                           energy=torch.stack(e_rows).cpu(), cost=torch.stack(c_rows).cpu(),
                           total=torch.stack(f_rows).cpu(), state_change=torch.stack(changes).cpu(),
-                          iterations=t, signs=None if signs is None else signs.cpu())
+                          iterations=t, signs=None if signs is None else signs.cpu(), **parts)
 
     def state(self, k: int) -> torch.Tensor:
         """``h_k`` at the current nudged state."""

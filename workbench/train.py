@@ -218,7 +218,10 @@ class Trainer:
                 "test_top5_error": wrongk / n}
 
     def probe(self) -> None:
-        """Per-layer cosine / relative error of the EP estimate vs BP on the fixed probe batch."""
+        """Per-layer cosine / relative error of the EP estimate vs BP on the fixed probe batch,
+        and where the nudged phases end: per layer, the fraction of ReLU units and of pooling
+        windows that switched against the free state (mean over the phases) and the
+        fixed-point residual (max over the phases)."""
         if not self.dist.is_main:
             return
         cfg = self.cfg
@@ -228,14 +231,20 @@ class Trainer:
         x, y = self._to_device(self.test_set, x, y)
         s = cfg.estimator
         ref, _, _ = ep.bp_gradients(self.net, x, y, s.cost, "strict")
-        est = ep.estimate(self.net, x, y, s, trace=False, accumulate=False, generator=gen)
+        est = ep.estimate(self.net, x, y, s, trace=False, accumulate=False, generator=gen,
+                          diagnostics=True)
         rows = ep.compare(self.net, est.grads, ref)
+        phases = est.trace.phases
         self._emit({"type": "probe", "epoch": self.epoch, "step": self.step,
                     "scheme": s.scheme, "beta": s.beta, "iterations": s.iterations,
                     "cosine": [r["cosine"] for r in rows],
                     "rel_error": [r["rel_error"] for r in rows],
-                    "final_energy": sum(p.final_energy for p in est.trace.phases)
-                    / len(est.trace.phases)})
+                    "final_energy": sum(p.final_energy for p in phases) / len(phases),
+                    "switched": torch.stack([p.switched[-1] for p in phases]).mean(0).tolist(),
+                    "pool_changed": torch.stack([p.pool_changed[-1] for p in phases])
+                    .mean(0).tolist(),
+                    "residual": torch.stack([p.residual_max[-1] for p in phases])
+                    .amax(0).tolist()})
 
     def _emit(self, row: dict) -> None:
         if not self.dist.is_main:

@@ -27,7 +27,9 @@ class GradientBiasExplorer(Explorer):
     each legend entry and as a dashed line), ``iterations`` (relative error against K over
     ``iterations_sweep`` at the current β). ``.slopes``: scheme → that slope (theory, docs/method.md
     §3: one-sided O(β) → 1, centered O(β²) → 2, while no ReLU unit switches between the free and
-    nudged states; the default ``fit`` is the largest β ≤ 1e-3, below the usual first switch).
+    nudged states; the default ``fit`` is the largest β ≤ 1e-3, below the usual first switch),
+    ``split`` (per layer and scheme, the error split into the finite-β bias of the converged
+    estimate and the truncation at the chosen K, :meth:`split`).
     """
 
     def __init__(self, models=None, data=None, *, batch_size: int = 16, cost: str = "ce",
@@ -35,6 +37,7 @@ class GradientBiasExplorer(Explorer):
                  schemes: Sequence[str] = ("forward", "backward", "centered", "random"),
                  betas: Sequence[float] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1),
                  iterations_sweep: Sequence[int] = (1, 2, 4, 8, 16, 32),
+                 converged_iterations: int = 200,
                  dtype: torch.dtype = torch.float64, seed: int = 0):
         for s in schemes:
             if s not in ep.SCHEMES:
@@ -44,6 +47,11 @@ class GradientBiasExplorer(Explorer):
         if not iterations_sweep or min(iterations_sweep) < 1:
             raise ValueError(f"iterations_sweep must hold integers >= 1, got "
                              f"{list(iterations_sweep)}")
+        if isinstance(converged_iterations, bool) or not isinstance(converged_iterations, int) \
+                or converged_iterations < 1:
+            raise ValueError(f"converged_iterations must be an integer >= 1, got "
+                             f"{converged_iterations!r}")
+        self.converged_iterations = converged_iterations
         self.betas = sorted(float(b) for b in betas)
         self.iterations_sweep = sorted(int(k) for k in iterations_sweep)
         self.slopes: dict[str, float] = {}
@@ -69,8 +77,14 @@ class GradientBiasExplorer(Explorer):
                                      xaxis_title="β", **sweep))
         iters = go.Figure(layout=dict(title="relative error against K", xaxis_type="log",
                                       xaxis_title="iterations K", **sweep))
+        split = make_subplots(rows=1, cols=2, subplot_titles=(
+            "finite-β bias ‖g_∞ − g_BP‖ / ‖g_BP‖", "truncation at K ‖g_K − g_∞‖ / ‖g_BP‖"))
+        split.update_xaxes(title_text="layer", dtick=1)
+        split.update_yaxes(type="log")
+        split.update_layout(barmode="group", height=320, margin=MARGIN)
         return {k: go.FigureWidget(f) for k, f in
-                (("layers", per_layer), ("beta", beta), ("iterations", iters))}
+                (("layers", per_layer), ("beta", beta), ("iterations", iters),
+                 ("split", split))}
 
     def _model_changed(self, change=None) -> None:
         ctl = self.controls["layer"]
@@ -87,6 +101,22 @@ class GradientBiasExplorer(Explorer):
         """``ep.compare`` of one scheme against BP for the given (else the current) settings."""
         est, ref = self._pair(scheme, settings)
         return ep.compare(self.lab.models[self.controls["model"].value], est.grads, ref.grads)
+
+    def split(self, scheme: str, **settings) -> list[dict]:
+        """Per layer, the estimate's error against BP split in two (each relative to the BP
+        gradient's norm): ``bias`` of the converged estimate g_∞ (``converged_iterations``
+        iterations: what β alone costs) and ``truncation``, g_K − g_∞ (what stopping at K
+        costs); ``total`` is g_K − g_BP, so total ≤ bias + truncation."""
+        s = self._common() | settings
+        net = self.lab.models[s["model"]]
+        est, ref = self._pair(scheme, settings)
+        conv = self.lab.estimate(scheme=scheme, **(s | {"iterations": self.converged_iterations}))
+        bias = ep.compare(net, conv.grads, ref.grads)
+        trunc = ep.compare(net, est.grads, conv.grads)
+        total = ep.compare(net, est.grads, ref.grads)
+        return [{"layer": b["layer"], "bias": b["rel_error"],
+                 "truncation": t["rel_error"] * t["ref_norm"] / b["ref_norm"],
+                 "total": c["rel_error"]} for b, t, c in zip(bias, trunc, total)]
 
     def error(self, scheme: str, **settings) -> float:
         """Relative error against BP of the sweep layer (or all parameters)."""
@@ -105,6 +135,16 @@ class GradientBiasExplorer(Explorer):
             rel.append(go.Bar(x=layers, y=finite(r["rel_error"] for r in rows), xaxis="x2",
                               yaxis="y2", showlegend=False, **style))
         replace_traces(self.figures["layers"], cos + rel)
+        parts = []
+        for s in schemes:
+            rows = self.split(s)
+            layers = [r["layer"] for r in rows]
+            style = dict(name=s, marker_color=COLORS[s], legendgroup=s)
+            parts.append(go.Bar(x=layers, y=finite(r["bias"] for r in rows), xaxis="x",
+                                yaxis="y", **style))
+            parts.append(go.Bar(x=layers, y=finite(r["truncation"] for r in rows), xaxis="x2",
+                                yaxis="y2", showlegend=False, **style))
+        replace_traces(self.figures["split"], parts)
         self.slopes = {}
         beta_traces, k_traces = [], []
         fitted = [b for b in self.betas if b <= self.controls["fit"].value]

@@ -23,7 +23,12 @@ class EnergyExplorer(Explorer):
     state change) and ``layers`` (the state-change curves shown). Figures (``.figures``):
     ``energy`` (three panels F | E | C, one line per phase, row ``t`` = after iteration ``t``),
     ``heatmap`` (``log10 ½‖ε_k‖²``, layers × iterations), ``change`` (max |Δh_k| per iteration,
-    log scale). ``.estimate`` is the engine's result for the current settings.
+    log scale), ``switched`` (the fraction of each layer's ReLU units whose pre-activation sign
+    differs from the free state's, and of its pooling windows whose winner changed: where the
+    nudge has left the linear regime), ``residual`` (max |h_k − T_k(h)|, the fixed-point
+    residual: the nudged state is a critical point of F, not a minimum, so convergence is this
+    going to zero, not F falling). ``.estimate`` is the engine's result for the current
+    settings.
     """
 
     def __init__(self, models=None, data=None, *, batch_size: int = 16, cost: str = "ce",
@@ -48,8 +53,17 @@ class EnergyExplorer(Explorer):
                                      xaxis_title="iteration", yaxis_title="layer", margin=MARGIN))
         change = go.Figure(layout=dict(title="largest state change max|Δh_k|", height=320,
                                        xaxis_title="iteration", yaxis_type="log", margin=MARGIN))
+        switched = make_subplots(rows=1, cols=2, subplot_titles=(
+            "ReLU units switched vs the free state", "pooling winners changed"))
+        switched.update_xaxes(title_text="iteration")
+        switched.update_yaxes(title_text="fraction", row=1, col=1)
+        switched.update_layout(height=300, margin=MARGIN)
+        residual = go.Figure(layout=dict(title="fixed-point residual max|h_k − T_k(h)|",
+                                         height=320, xaxis_title="iteration", yaxis_type="log",
+                                         margin=MARGIN))
         return {k: go.FigureWidget(f) for k, f in
-                (("energy", energy), ("heatmap", heat), ("change", change))}
+                (("energy", energy), ("heatmap", heat), ("change", change),
+                 ("switched", switched), ("residual", residual))}
 
     def _model_changed(self, change=None) -> None:
         n = self.lab.layers(self.controls["model"].value)
@@ -107,6 +121,21 @@ class EnergyExplorer(Explorer):
                             mode="lines+markers", name=f"layer {k}") for k in shown]
         replace_traces(self.figures["change"], lines)
         self.figures["change"].layout.title.text = f"largest state change max|Δh_k|, {name}"
+        t = list(range(ph.switched.shape[0]))
+        pooled = [k for k in shown if float(ph.pool_changed[:, k - 1].max()) > 0
+                  or self.lab.models[self.controls["model"].value].layers[k - 1].pool]
+        replace_traces(self.figures["switched"], [
+            go.Scatter(x=t, y=ph.switched[:, k - 1].tolist(), mode="lines+markers",
+                       name=f"layer {k}", legendgroup=f"layer {k}", xaxis="x", yaxis="y")
+            for k in shown] + [
+            go.Scatter(x=t, y=ph.pool_changed[:, k - 1].tolist(), mode="lines+markers",
+                       name=f"layer {k} pool", legendgroup=f"layer {k}", showlegend=False,
+                       xaxis="x2", yaxis="y2") for k in pooled])
+        replace_traces(self.figures["residual"], [
+            go.Scatter(x=t, y=positive(ph.residual_max[:, k - 1]), mode="lines+markers",
+                       name=f"layer {k}") for k in shown])
+        self.figures["residual"].layout.title.text = (
+            f"fixed-point residual max|h_k − T_k(h)|, {name} (0 at a fixed point)")
 
 
 def phase_names(est: ep.Estimate) -> list[str]:

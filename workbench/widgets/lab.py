@@ -169,5 +169,6 @@ class Lab:
                 kw["generator"] = torch.Generator().manual_seed(self.seed)
             self.engine_calls += 1
             self._estimates[key] = ep.estimate(self.models[model], x, y, scheme=scheme,
-                                               cost=self.cost, accumulate=False, **kw)
+                                               cost=self.cost, accumulate=False,
+                                               diagnostics=scheme != "bp", **kw)
         return self._estimates[key]
