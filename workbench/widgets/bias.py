@@ -123,28 +123,20 @@ class GradientBiasExplorer(Explorer):
         est, ref = self._pair(scheme, settings)
         return relative_error(est.grads, ref.grads, self.controls["layer"].value or None)
 
+    def _bar_pairs(self, figure: str, rows: dict, left: str, right: str) -> None:
+        """Per-layer bars of ``left`` and ``right`` (two subplots), one group per scheme."""
+        bars = []
+        for side, (key, axes) in enumerate(((left, ("x", "y")), (right, ("x2", "y2")))):
+            for s, rs in rows.items():
+                bars.append(go.Bar(x=[r["layer"] for r in rs], y=finite(r[key] for r in rs),
+                                   xaxis=axes[0], yaxis=axes[1], name=s,
+                                   marker_color=COLORS[s], legendgroup=s, showlegend=not side))
+        replace_traces(self.figures[figure], bars)
+
     def redraw(self) -> None:
         schemes = [s for s in ep.SCHEMES if s in self.controls["schemes"].value]
-        cos, rel = [], []
-        for s in schemes:
-            rows = self.rows(s)
-            layers = [r["layer"] for r in rows]
-            style = dict(name=s, marker_color=COLORS[s], legendgroup=s)
-            cos.append(go.Bar(x=layers, y=finite(r["cosine"] for r in rows), xaxis="x",
-                              yaxis="y", **style))
-            rel.append(go.Bar(x=layers, y=finite(r["rel_error"] for r in rows), xaxis="x2",
-                              yaxis="y2", showlegend=False, **style))
-        replace_traces(self.figures["layers"], cos + rel)
-        parts = []
-        for s in schemes:
-            rows = self.split(s)
-            layers = [r["layer"] for r in rows]
-            style = dict(name=s, marker_color=COLORS[s], legendgroup=s)
-            parts.append(go.Bar(x=layers, y=finite(r["bias"] for r in rows), xaxis="x",
-                                yaxis="y", **style))
-            parts.append(go.Bar(x=layers, y=finite(r["truncation"] for r in rows), xaxis="x2",
-                                yaxis="y2", showlegend=False, **style))
-        replace_traces(self.figures["split"], parts)
+        self._bar_pairs("layers", {s: self.rows(s) for s in schemes}, "cosine", "rel_error")
+        self._bar_pairs("split", {s: self.split(s) for s in schemes}, "bias", "truncation")
         self.slopes = {}
         beta_traces, k_traces = [], []
         fitted = [b for b in self.betas if b <= self.controls["fit"].value]
