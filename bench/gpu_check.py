@@ -55,7 +55,7 @@ FULL = dict(model="vgg10", image_size=224, in_channels=3, num_classes=1000, over
             algorithms=("infer", "bp", "forward", "centered", "random"),
             precisions=("strict", "fast"), memory_batches=(64, 128, 256), warmup=2, repeats=3,
             train=dict(dataset="fashion-mnist", model="vgg5", image_size=32,
-                       model_args={"conv_fan": "fan_in"}, batch_size=64, beta=0.02,
+                       model_args={}, batch_size=64, beta=0.02,
                        iterations=5, lr=0.01, workers=4, limit_test=None, calibration_steps=40))
 SMOKE = {**FULL, "image_size": 32, "num_classes": 10, "iterations": 6,
          "overrides": dict(channels=(4, 4, 6, 6, 8, 8, 8, 8), dense=16), "fidelity_batch": 4,
@@ -82,6 +82,9 @@ def parse(argv):
     p.add_argument("--fused", action="store_true", help="also run the 'fused' section (last)")
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="skip sections that would start later than this (default 420)")
+    p.add_argument("--tf32-free", action="store_true",
+                   help="fidelity-fused: also with the free phase under TF32 (as in run 2 of "
+                   "BENCHMARKS.md)")
     p.add_argument("--train-seconds", type=float, default=70.0,
                    help="time box of each training run of the 'train' section (default 70)")
     p.add_argument("--data-root", default="data",
@@ -216,7 +219,7 @@ def train_section(cfg, device, data_root, seconds):
     one epoch, no probe) measures images/s; the real run gets the epochs — or, when not even
     one fits, the first training images — that fit in ``seconds`` at that rate, with its whole
     cosine schedule."""
-    from workbench import train
+    from workbench import data, train
 
     t = cfg["train"]
     out = {"time_box_s": seconds}
@@ -234,9 +237,8 @@ def train_section(cfg, device, data_root, seconds):
                                "run_dir": f"{tmp}/{algorithm}-calibration"})
             rate = json.loads(Path(calib["run_dir"], "metrics.jsonl").read_text()
                               .splitlines()[-1])["images_per_second"]
-            n_train = len(__import__("workbench").data.build(
-                t["dataset"], "train", data_root=data_root, image_size=t["image_size"],
-                download=False))
+            n_train = len(data.build(t["dataset"], "train", data_root=data_root,
+                                     image_size=t["image_size"], download=False))
             fit = rate * seconds
             epochs = max(1, math.floor(fit / n_train))
             limit = None if fit >= n_train else max(t["batch_size"],
@@ -423,7 +425,8 @@ def main(argv=None) -> int:
            "profile": lambda: profile_section(cfg, device),
            "fused": lambda: speed_section(cfg, device, fused=True),
            "profile-fused": lambda: profile_section(cfg, device, fused=True),
-           "fidelity-fused": lambda: fidelity_fused_section(cfg, device),
+           "fidelity-fused": lambda: fidelity_fused_section(
+               cfg, device, ("default", "tf32") if args.tf32_free else ("default",)),
            "convs": lambda: convs_section(cfg, device)}
     t0 = time.monotonic()
     report = {"config": {k: v for k, v in cfg.items()}, "environment": bench.environment(device),

@@ -242,18 +242,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The flags given, over the saved config (``--resume``) or the defaults."""
+    """The flags given, over the saved config (``--resume``), else over the preset (``--preset``)
+    and the defaults — TrainConfig itself fills what is not given."""
     given = flags.given(args, TrainConfig)
-    base = TrainConfig().to_dict()
-    if given.get("preset"):             # the preset's values under the flags given
-        preset = {k: v for k, v in preset_values(given["preset"]).items() if k not in given
-                  and k not in given.get("estimator", {})}
-        for key in ("dataset", "model"):
-            if key in given and given[key] != preset_values(given["preset"])[key]:
-                TrainConfig(preset=given["preset"], **{key: given[key]})   # raises, saying why
-        base = TrainConfig.from_dict({**base, **preset, "preset": given["preset"]}).to_dict()
     saved = Path(given.get("run_dir") or "") / "config.json"
-    if given.get("resume") and saved.is_file():
-        base = saved_config(json.loads(saved.read_text()))
+    if not (given.get("resume") and saved.is_file()):
+        return TrainConfig.from_dict(given)
+    base = saved_config(json.loads(saved.read_text()))
     est = {**base.pop("estimator", {}), **given.pop("estimator", {})}
     return TrainConfig.from_dict({**base, **given, "estimator": est})

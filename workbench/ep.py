@@ -131,6 +131,18 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
 _FUSED_BROKEN: list = []        # set once when compiling the fused path failed (fused=None)
 
 
+def _compile_error(e: Exception) -> bool:
+    """Did ``torch.compile`` fail (dynamo, inductor or its C++/CUDA compiler)? Other errors, an
+    out-of-memory for one, are not a reason to drop the fused kernels."""
+    import torch._dynamo.exc as dynamo_exc
+    import torch._inductor.exc as inductor_exc
+    kinds = tuple(getattr(mod, name) for mod, name in (
+        (dynamo_exc, "TorchDynamoException"), (inductor_exc, "InductorError"),
+        (inductor_exc, "CppCompileError"), (inductor_exc, "CUDACompileError"))
+        if hasattr(mod, name))
+    return isinstance(e, kinds)
+
+
 def _check_signs(signs: torch.Tensor, scheme: str, n: int) -> None:
     if scheme != "random":
         raise ValueError("a tensor of signs is only accepted with scheme='random'")
@@ -232,7 +244,7 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
         grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, fused, trace,
                                           diagnostics)
     except Exception as e:      # only the automatic choice falls back; fused=True raises
-        if not (auto and fused):
+        if not (auto and fused and _compile_error(e)):
             raise
         _FUSED_BROKEN.append(repr(e))
         warnings.warn(f"compiling the fused elementwise kernels failed ({type(e).__name__}: "

@@ -182,6 +182,7 @@ class NudgedPhase:
             self._into[skip.dst].append(i)
             self._from[skip.src].append(i)
         self._fx = kernels.compiled() if fused else kernels.EAGER
+        self._drives: Optional[dict] = None     # drives of the half-sweep being computed
         self._keep = fused          # fused pieces widen the maps' outputs themselves
         self.d: list[Opt] = [None] * (self.L + 1)       # deviations d_k, None == exactly zero
         # cached at the current d_{k-1}: pre-activation deviation δa_k (None == zero) and the
@@ -244,9 +245,13 @@ class NudgedPhase:
             d_src = self.d[self.net.skips[i].src]
             if d_src is not None:
                 parts.append(self.free.skip_maps[i].apply(d_src, bias=False, keep=self._keep))
+        return self._sum(parts)
+
+    def _sum(self, parts: list) -> Opt:
+        """None, the one part as it is, or the parts summed in the state dtype."""
         if len(parts) < 2:
             return parts[0] if parts else None
-        state = self.free.precision.state            # several maps: summed in the state dtype
+        state = self.free.precision.state
         out = parts[0].to(state)
         for p in parts[1:]:
             out = out + p.to(state).reshape(out.shape)
@@ -282,7 +287,15 @@ class NudgedPhase:
         unpooled to the conv output's shape (None when zero).
 
         Fused, for a conv layer: one kernel that also writes the result in the layer's compute
-        dtype and layout, the input of the transposed convolution or the weight gradient."""
+        dtype and layout, the input of the transposed convolution or the weight gradient.
+        Within one half-sweep a drive is computed once (a skip's target feeds two updates)."""
+        if scale is None and self._drives is not None:
+            if k not in self._drives:
+                self._drives[k] = self._drive(k, None)
+            return self._drives[k]
+        return self._drive(k, scale)
+
+    def _drive(self, k: int, scale: Opt) -> Opt:
         d, da = self.d[k], self.da(k)
         if d is None and da is None:
             return None
@@ -309,10 +322,15 @@ class NudgedPhase:
             gd = self.drive(self.net.skips[i].dst)
             if gd is not None:
                 parts.append(self.free.skip_maps[i].transpose(gd, shape, keep=self._keep))
-        if len(parts) < 2:
-            return parts[0] if parts else None
-        state = self.free.precision.state
-        return sum(p.to(state) for p in parts[1:]) + parts[0].to(state)
+        return self._sum(parts)
+
+    def _updates(self, layers) -> list:
+        """``[(k, new d_k)]`` for ``layers``, all from the current state (one half-sweep)."""
+        self._drives = {}
+        try:
+            return [(k, self._new_deviation(k)) for k in layers]
+        finally:
+            self._drives = None
 
     def _new_deviation(self, k: int) -> Opt:
         free, alpha = self.free, self.step_size
@@ -346,7 +364,7 @@ class NudgedPhase:
         """
         change = self.free.h[-1].new_zeros(self.L) if measure else None
         for sweep in self.sweeps:
-            new = [(k, self._new_deviation(k)) for k in sweep]
+            new = self._updates(sweep)
             for k, d_new in new:
                 old = self.d[k]
                 if measure and (d_new is not None or old is not None):
@@ -383,8 +401,8 @@ class NudgedPhase:
             if layer.pool and self._sel[k] is not self._free_sel[k]:
                 out[1, k - 1] = (self._sel[k] != self._free_sel[k]).double().mean()
         held = {self.L} if self.perturbation == "clamp" else set()
-        new = {k: self._new_deviation(k) for k in range(1, L + 1) if k not in held}
-        for k, d_new in new.items():
+        new = self._updates([k for k in range(1, L + 1) if k not in held])
+        for k, d_new in new:
             old = self.d[k]
             if d_new is None and old is None:
                 continue

@@ -68,16 +68,19 @@ class PCNLayer(nn.Module):
         """The conv / dense part (before pooling). Without bias it is linear in ``h``."""
         return self.linear_with(h, self.weight, self.bias if bias else None)
 
-    def pre(self, h: torch.Tensor) -> torch.Tensor:
-        """Pre-activation ``a_k`` after pooling."""
+    def pre(self, h: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Pre-activation ``a_k`` after pooling; ``extra`` (skip outputs) is added to the linear
+        part before the pool."""
         z = self.linear(h)
+        if extra is not None:
+            z = z + extra.reshape(z.shape)
         return F.max_pool2d(z, 2, 2) if self.pool else z
 
     def act(self, a: torch.Tensor) -> torch.Tensor:
         return torch.relu(a) if self.relu else a
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.act(self.pre(h))
+    def forward(self, h: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.act(self.pre(h, extra))
 
     def map(self, precision: Precision) -> "LayerMap":
         """This layer's linear algebra with its weights cast to ``precision``."""

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -65,11 +64,11 @@ class PCN(nn.Module):
     def predict(self, k: int, states: Sequence[torch.Tensor]) -> torch.Tensor:
         """``f_k(h_{k−1}, h_src…)`` from the states ``[h_0, …]``: the layer's linear part plus
         its skips, then pooling and activation."""
-        layer = self.layers[k - 1]
-        z = layer.linear(states[k - 1])
+        extra = None
         for skip in self.skips_into(k):
-            z = z + skip.linear(states[skip.src]).reshape(z.shape)
-        return layer.act(F.max_pool2d(z, 2, 2) if layer.pool else z)
+            out = skip(states[skip.src])
+            extra = out if extra is None else extra + out
+        return self.layers[k - 1](states[k - 1], extra)
 
     def free_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """States ``[h_0 = x, h_1, …, h_L]`` of the free phase (the forward pass)."""
@@ -79,10 +78,6 @@ class PCN(nn.Module):
         return states
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not len(self.skips):
-            for layer in self.layers:
-                x = layer(x)
-            return x
         return self.free_states(x)[-1]
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from .energy import COSTS
+from .flags import option
 
 SCHEMES = ("forward", "backward", "centered", "random")
 ALL_SCHEMES = SCHEMES + ("bp",)
@@ -44,16 +45,6 @@ def check_iterations(iterations) -> None:
         raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
 
 
-def _f(default, help: str, choices=None, flag: Optional[str] = None):
-    """A field with its command-line help (and choices): the one place they are written."""
-    meta = {"help": help}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    if flag is not None:
-        meta["flag"] = flag
-    return field(default=default, metadata=meta)
-
-
 @dataclass(frozen=True)
 class EstimatorSettings:
     """How one gradient estimate is computed (docs/method.md §3–§5).
@@ -69,22 +60,22 @@ class EstimatorSettings:
     ``cost`` then enters only the reported loss). ``step_size``: α of the projected gradient
     descent (docs/method.md §2; α = 1 gives the closed-form updates).
     """
-    scheme: str = _f("centered", "EP estimator (bp: the backprop reference)", ALL_SCHEMES)
-    beta: float = _f(0.05, "nudging strength β > 0 (the scheme sets its sign)")
-    iterations: int = _f(10, "iterations K of each nudged phase")
-    cost: str = _f("ce", "cost of the output: cross-entropy or squared error", COSTS)
-    update: str = _f("mod_pgd", "nudged-phase update rule", UPDATES)
-    order: str = _f("async", "even/odd layers in turn, or all at once", ORDERS)
-    signs: str = _f("example", "random scheme: a sign of β per example or per batch",
+    scheme: str = option("centered", "EP estimator (bp: the backprop reference)", ALL_SCHEMES)
+    beta: float = option(0.05, "nudging strength β > 0 (the scheme sets its sign)")
+    iterations: int = option(10, "iterations K of each nudged phase")
+    cost: str = option("ce", "cost of the output: cross-entropy or squared error", COSTS)
+    update: str = option("mod_pgd", "nudged-phase update rule", UPDATES)
+    order: str = option("async", "even/odd layers in turn, or all at once", ORDERS)
+    signs: str = option("example", "random scheme: a sign of β per example or per batch",
                     SIGN_MODES)
-    tol: Optional[float] = _f(None, "stop a phase once no state changes by more than this")
-    precision: str = _f("auto", "strict (fp32, TF32 off), fast (bf16 convs) or auto (fast on "
+    tol: Optional[float] = option(None, "stop a phase once no state changes by more than this")
+    precision: str = option("auto", "strict (fp32, TF32 off), fast (bf16 convs) or auto (fast on "
                         "CUDA, else strict)", PRECISIONS)
-    fused: Optional[bool] = _f(None, "compile the elementwise work with torch.compile "
+    fused: Optional[bool] = option(None, "compile the elementwise work with torch.compile "
                                "(default: on with fast precision on CUDA)")
-    perturbation: str = _f("nudge", "nudge the output with β·C (Eq. 4), or clamp it to "
+    perturbation: str = option("nudge", "nudge the output with β·C (Eq. 4), or clamp it to "
                            "(1 − β) h⁰ + β·onehot(y) (Eq. 8; no cost function)", PERTURBATIONS)
-    step_size: float = _f(1.0, "step size α of the nudged phase's projected gradient descent "
+    step_size: float = option(1.0, "step size α of the nudged phase's projected gradient descent "
                           "(1: the closed forms)")
 
     def __post_init__(self):
