@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -c constraints.txt -e '.[notebooks,dev]'
+	$(PY) -m pip install -c constraints.txt -e '.[notebooks,dev,slurm]'
 	touch $(STAMP)
 
 test: install

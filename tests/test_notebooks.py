@@ -53,7 +53,8 @@ def test_committed_notebooks_are_stripped_and_parameterised():
     no outputs, no execution counts, exactly one `parameters` cell, the python3 kernel."""
     assert [p.name for p in ALL] == ["00_ep_tutorial.ipynb", "01_equilibration_dynamics.ipynb",
                                      "02_gradient_bias.ipynb", "03_train.ipynb",
-                                     "04_imagenet_vgg10.ipynb"]
+                                     "04_imagenet_vgg10.ipynb", "05_compare_runs.ipynb",
+                                     "06_paper_results.ipynb"]
     nbstripout = Path(sys.prefix, "bin", "nbstripout")
     verify = subprocess.run([str(nbstripout), "--verify", *map(str, ALL)], capture_output=True,
                             text=True)
@@ -131,3 +132,55 @@ def test_imagenet_notebook_runs_the_recipe_and_resumes(execute, tmp_path):
     assert f"resuming the run in {run_dir}" in second
     assert (run_dir / "metrics.jsonl").read_text() == metrics
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.fixture(scope="module")
+def small_sweeps(tmp_path_factory) -> Path:
+    """experiments/fig2-small and table3-small, finished, cut down further with --set (64
+    training images, one epoch) and run in this process; plus one point of table3-small left
+    pending (its run folder removed) to show an unfinished run."""
+    from conftest import write_mnist
+
+    from workbench import sweep as sw
+    root = tmp_path_factory.mktemp("sweeps")
+    write_mnist(root / "data" / "fashion-mnist", n_train=64, n_test=32)
+    settings = {"data_root": str(root / "data"), "download": False, "limit_train": 64,
+                "limit_test": 32, "epochs": 1, "probe_every": 0, "device": "cpu",
+                "tensorboard": False}
+    experiments = NOTEBOOKS.parent / "experiments"
+    for name in ("fig2-small", "table3-small"):
+        s = sw.load(experiments / f"{name}.yaml", out=root / "out", settings=settings)
+        sw.write_plan(s)
+        for p in s.points[:-1] if name == "table3-small" else s.points:
+            sw.run_point(s.folder, p.name)
+    return root / "out"
+
+
+@pytest.mark.slow
+def test_compare_runs_notebook_on_a_finished_sweep(execute, small_sweeps):
+    """oracle: workbench.runs on the same folder — the notebook prints one aggregate line per
+    (beta, K) pair of fig2-small and the pending point of table3-small as unfinished."""
+    from workbench import runs as R
+    text = execute("05_compare_runs.ipynb", paths=[str(small_sweeps / "fig2-small")])
+    runs = R.find_runs(small_sweeps / "fig2-small")
+    assert f"{len(runs)} runs; fields that differ: beta, iterations" in text
+    for row in R.aggregate(runs, ["beta", "iterations"]):
+        assert f"beta={row['beta']}, iterations={row['iterations']}: test_top1_error " \
+               f"{row['mean']:.4f}" in text
+    text = execute("05_compare_runs.ipynb", out="05b.ipynb",
+                   paths=[str(small_sweeps / "table3-small")])
+    assert "unfinished: algorithm=bp,seed=2  pending  0/1 epochs" in text
+
+
+@pytest.mark.slow
+def test_paper_results_notebook_draws_the_small_sweeps(execute, small_sweeps):
+    """oracle: workbench.results on the same runs — Fig. 2's table and Table 3's rows are in
+    the executed notebook; sweeps not run are listed with their command."""
+    from workbench import results
+    from workbench import runs as R
+    text = execute("06_paper_results.ipynb", root=str(small_sweeps), suffix="-small")
+    assert "drawn: fig2, table3" in text
+    assert "Not run yet: `workbench sweep experiments/fig1-small.yaml" in text
+    fig2_table = results.fig2(R.find_runs(small_sweeps / "fig2-small"))[1]
+    assert json.dumps(fig2_table)[1:-1] in text
+    assert "mod_pgd (5)</td><td>3/3" in text and "BP</td><td>2/3" in text

@@ -14,6 +14,7 @@ COMMANDS = {
     "gradcheck": ("workbench.gradcheck", "per-layer cosine / relative error of EP against BP"),
     "train": ("workbench.train", "train a model with EP or BP into a run folder"),
     "bench": ("workbench.bench", "speed, memory and fidelity benchmarks (JSON)"),
+    "sweep": ("workbench.sweep", "many training runs from one sweep file (YAML), idempotent"),
 }
 
 

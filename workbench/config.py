@@ -29,7 +29,8 @@ ALGORITHMS = ("ep", "bp")
 PROGRESS = ("auto", "text", "none")
 SCHEDULES = ("epoch", "step")
 #: fields that may change when a run is resumed (they do not change what is computed)
-RESUMABLE = ("resume", "progress", "workers", "run_dir", "data_root", "download", "device")
+RESUMABLE = ("resume", "progress", "workers", "run_dir", "data_root", "download", "device",
+             "tensorboard", "wandb")
 
 
 def default_estimator() -> EstimatorSettings:
@@ -90,6 +91,10 @@ class TrainConfig:
     num_classes: Optional[int] = option(None, "classes of the synthetic dataset")
     download: bool = option(True, "let torchvision download MNIST / Fashion-MNIST / CIFAR when "
                             "missing")
+    tensorboard: bool = option(True, "also write TensorBoard event files into <run_dir>/"
+                               "tensorboard (workbench.tracking)")
+    wandb: bool = option(False, "also log to Weights & Biases in offline mode (needs the wandb "
+                         "package; sync later with `wandb sync`)")
 
     def __init__(self, **kw):
         kw = self.migrate(kw)

@@ -40,6 +40,7 @@ from .energy import cost
 from .precision import Precision, precision_context
 from .progress import Progress
 from .runfolder import CHECKPOINT, RunFolder, git_commit, hardware
+from .tracking import Tracker
 
 __all__ = ["TrainConfig", "run", "NonFiniteError", "add_arguments", "config_from_args", "main",
            "cosine_lr", "learning_rate", "input_size", "build_datasets", "build_model"]
@@ -134,6 +135,7 @@ class Trainer:
         self.best: dict = {}
         self.last: dict = {}
         self.progress = Progress(cfg.progress, dist.is_main)
+        self.tracker: Optional[Tracker] = None
 
     @staticmethod
     def _fresh_acc() -> dict:
@@ -250,11 +252,15 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.folder.append(row)
+        if self.tracker is not None:
+            self.tracker.log(row)
         if self.callback is not None:
             self.callback(row)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self) -> None:
+        if self.tracker is not None:       # every event up to this step is on disk first
+            self.tracker.flush()
         self.folder.checkpoint({
             "format": 1, "step": self.step, "epoch": self.epoch, "elapsed": self._elapsed(),
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
@@ -276,6 +282,9 @@ class Trainer:
         """Train from ``ckpt`` (None: from the start) to the last epoch; return the summary."""
         cfg = self.cfg
         self._t0 = time.perf_counter()
+        if self.dist.is_main and (cfg.tensorboard or cfg.wandb):
+            self.tracker = Tracker(self.folder.path, cfg.to_dict(), cfg.tensorboard, cfg.wandb,
+                                   resume_step=None if ckpt is None else ckpt["step"])
         self.folder.open(cfg.to_dict(), ckpt)
         try:
             if ckpt is not None:
@@ -290,6 +299,8 @@ class Trainer:
             raise
         finally:
             self.folder.close()
+            if self.tracker is not None:
+                self.tracker.close()
 
     def _run_epoch(self, epoch: int) -> None:
         cfg, spe = self.cfg, self.steps_per_epoch
@@ -353,6 +364,8 @@ class Trainer:
         if message:
             summary["message"] = message
         self.folder.summary(summary)
+        if self.tracker is not None:
+            self.tracker.finish(summary)
         return summary
 
 

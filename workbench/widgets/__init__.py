@@ -4,6 +4,8 @@
   iteration for each phase, a per-layer energy heat map, and the per-layer state change.
 * :class:`GradientBiasExplorer` — per-layer cosine and relative error of each scheme's estimate
   against the backprop gradient; the error against β (log–log, with fitted slopes) and against K.
+* :class:`TrainingMonitor` — live curves of a training run; :class:`RunsBrowser` — a table,
+  overlaid curves and a heat map of finished (or running) runs and sweeps.
 
 Both are ipywidgets boxes (display them as the last expression of a cell) holding plotly
 ``FigureWidget`` plots (plotly ≥ 6 renders them through anywidget). Both build with no arguments
@@ -20,6 +22,8 @@ from .energy import EnergyExplorer
 from .lab import (Lab, default_models, examples, fit_input, load_run, log_slope, relative_error,
                   synthetic_data)
 from .monitor import TrainingMonitor
+from .runs import RunsBrowser
 
-__all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "TrainingMonitor", "default_models",
+__all__ = ["Lab", "EnergyExplorer", "GradientBiasExplorer", "TrainingMonitor", "RunsBrowser",
+           "default_models",
            "synthetic_data", "examples", "fit_input", "log_slope", "relative_error", "load_run"]

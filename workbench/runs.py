@@ -1,0 +1,208 @@
+"""Reading run folders back for comparison: one :class:`Run` per folder, sweeps included.
+
+:func:`find_runs` takes sweep folders (their ``plan.json`` lists every point, pending ones
+too), run folders, or any folder holding either; :func:`differing` names the config fields
+whose values differ between runs (the only columns worth a table); :func:`aggregate` groups
+runs by some fields and averages a metric over the rest (the seeds), as the paper's tables do;
+:func:`grid` arranges the result over two fields (Fig. 2's heat map). The
+:class:`~workbench.widgets.RunsBrowser` widget and notebooks 05 and 06 draw from these.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+__all__ = ["Run", "find_runs", "read_state", "flat_config", "differing", "aggregate", "grid",
+           "METRICS", "value_label"]
+
+#: metrics of an epoch row a comparison can show (fractions, except the losses)
+METRICS = ("test_top1_error", "test_top5_error", "test_loss", "train_loss")
+ERROR_FILE = "sweep-error.txt"
+
+
+def read_state(folder: Path, total: Optional[int] = None) -> dict:
+    """A run folder's state from its files: ``done`` (summary says completed), ``failed`` (a
+    non-finite stop, or the error a sweep recorded), ``started`` (config without summary:
+    running, killed or pre-empted) or ``pending`` (nothing yet); with the epochs done of
+    ``total`` and the error's first line."""
+    folder = Path(folder)
+    epochs = sum(1 for r in _rows(folder) if r.get("type") == "epoch")
+    out = {"epochs": epochs, "of": total, "error": None}
+    summary = folder / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        if s.get("status") == "completed":
+            return {**out, "state": "done", "test_top1_error": s.get("test_top1_error")}
+        return {**out, "state": "failed", "error": s.get("message") or s.get("status")}
+    if (folder / ERROR_FILE).is_file():
+        text = (folder / ERROR_FILE).read_text().strip().splitlines()
+        return {**out, "state": "failed", "error": text[0] if text else "unknown error"}
+    if (folder / "config.json").is_file():
+        return {**out, "state": "started"}
+    return {**out, "state": "pending"}
+
+
+def _rows(folder: Path) -> list[dict]:
+    path = Path(folder) / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:             # a line cut by a kill: resume rewrites it
+                pass
+    return rows
+
+
+def flat_config(config: dict) -> dict:
+    """``{"estimator": {"beta": …}, "model_args": {"widths": …}}`` → ``{"beta": …,
+    "model_args.widths": …}``: the fields as a sweep file and ``--flags`` name them."""
+    out = {}
+    for k, v in config.items():
+        if k == "estimator" and isinstance(v, dict):
+            out.update(v)
+        elif isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass
+class Run:
+    """One run folder (or a sweep point not started yet): config, metrics rows, state."""
+    path: Path
+    name: str
+    config: dict
+    rows: list = field(default_factory=list)
+    state: dict = field(default_factory=dict)
+    sweep: Optional[str] = None
+
+    @property
+    def flat(self) -> dict:
+        return flat_config(self.config)
+
+    @property
+    def epochs(self) -> list[dict]:
+        return [r for r in self.rows if r.get("type") == "epoch"]
+
+    @property
+    def probes(self) -> list[dict]:
+        return [r for r in self.rows if r.get("type") == "probe"]
+
+    def final(self, metric: str = "test_top1_error") -> Optional[float]:
+        """The metric of the last epoch (None before the first)."""
+        return self.epochs[-1].get(metric) if self.epochs else None
+
+    def best(self, metric: str = "test_top1_error") -> Optional[float]:
+        values = [r[metric] for r in self.epochs if _number(r.get(metric))]
+        return min(values) if values else None
+
+    @property
+    def progress(self) -> str:
+        return f"{self.state.get('epochs', 0)}/{self.config.get('epochs', '?')}"
+
+    @classmethod
+    def load(cls, folder, name: Optional[str] = None, config: Optional[dict] = None,
+             sweep: Optional[str] = None) -> "Run":
+        folder = Path(folder)
+        saved = folder / "config.json"
+        cfg = json.loads(saved.read_text()) if saved.is_file() else dict(config or {})
+        return cls(folder, name or folder.name, cfg, _rows(folder),
+                   read_state(folder, cfg.get("epochs")), sweep)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def find_runs(*paths) -> list[Run]:
+    """The runs under ``paths``: a sweep folder gives its points in plan order (pending ones
+    from the plan), a run folder itself, any other folder every sweep and run below it."""
+    runs: list[Run] = []
+    seen: set = set()
+    for p in paths:
+        for run in _find(Path(p)):
+            key = run.path.resolve()
+            if key not in seen:
+                seen.add(key)
+                runs.append(run)
+    return runs
+
+
+def _find(path: Path) -> Iterable[Run]:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (give sweep folders, run folders, or "
+                                f"folders holding them)")
+    plan = path / "plan.json"
+    if plan.is_file():
+        spec = json.loads(plan.read_text())
+        for point in spec["points"]:
+            yield Run.load(path / point["name"], point["name"], point["config"], spec["name"])
+        return
+    if (path / "config.json").is_file():
+        yield Run.load(path)
+        return
+    for child in sorted(q for q in path.iterdir() if q.is_dir() and not q.name.startswith(".")):
+        if (child / "plan.json").is_file() or (child / "config.json").is_file() or any(
+                child.rglob("config.json")):
+            yield from _find(child)
+
+
+def differing(runs: Sequence[Run], ignore: Iterable[str] = ("run_dir", "resume", "progress",
+                                                            "data_root")) -> list[str]:
+    """The config fields (flattened) whose values are not the same in every run, in the order
+    of the first run's config."""
+    flats = [r.flat for r in runs]
+    keys: list[str] = []
+    for f in flats:
+        keys += [k for k in f if k not in keys]
+    ignore = set(ignore)
+    return [k for k in keys if k not in ignore
+            and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+
+def value_label(v) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) or v is None else str(v)
+
+
+def aggregate(runs: Sequence[Run], by: Sequence[str], metric: str = "test_top1_error",
+              which: str = "final") -> list[dict]:
+    """Group the runs by the values of fields ``by`` (flattened names) and summarise
+    ``metric`` (the last epoch's, or the ``best``) over each group's finished runs: mean,
+    sample standard deviation (0 for one run), count; groups in first-seen order."""
+    groups: dict = {}
+    for r in runs:
+        key = tuple(value_label(r.flat.get(k)) for k in by)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, members in groups.items():
+        values = [v for v in ((r.final(metric) if which == "final" else r.best(metric))
+                              for r in members if r.state.get("state") == "done")
+                  if _number(v)]
+        out.append({**dict(zip(by, key)), "mean": statistics.fmean(values) if values else None,
+                    "sd": statistics.stdev(values) if len(values) > 1 else (0.0 if values
+                                                                            else None),
+                    "n": len(values), "runs": len(members)})
+    return out
+
+
+def grid(runs: Sequence[Run], x: str, y: str, metric: str = "test_top1_error",
+         which: str = "final") -> tuple[list, list, list[list]]:
+    """``(xs, ys, z)``: the mean of ``metric`` over the finished runs at each (x, y) value
+    pair (None where none finished), x and y sorted (numbers numerically)."""
+    rows = aggregate(runs, [x, y], metric, which)
+
+    def order(values):
+        values = list(dict.fromkeys(values))
+        try:
+            return sorted(values, key=float)
+        except ValueError:
+            return values
+    xs, ys = order(r[x] for r in rows), order(r[y] for r in rows)
+    cell = {(r[x], r[y]): r["mean"] for r in rows}
+    return xs, ys, [[cell.get((xv, yv)) for xv in xs] for yv in ys]
