@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -182,6 +183,25 @@ def test_sweep_runs_once_resumes_after_sigkill_and_reports_failures(tmp_path, da
     assert "1 to run" in retry.stdout
 
 
+def test_local_launcher_gives_each_point_one_visible_gpu(tmp_path, data):
+    """oracle: what each child process saw, from its own log line — with
+    CUDA_VISIBLE_DEVICES=3,5 the launcher runs two slots, one per GPU, and every child sees
+    exactly one of them (on this CPU machine the runs themselves fall back to the CPU)."""
+    spec = {"name": "g", "base": _base(data, epochs=1, probe_every=0, device="auto"),
+            "grid": {"beta": [0.01, 0.02, 0.05]}}
+    f = _write(tmp_path / "g.yaml", spec)
+    r = subprocess.run([sys.executable, "-m", "workbench", "sweep", str(f), "--out",
+                        str(tmp_path)], env={**ENV, "CUDA_VISIBLE_DEVICES": "3,5"}, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 slot(s) (GPUs 3,5)" in r.stdout
+    seen = []
+    for p in sorted((tmp_path / "g").glob("beta=*")):
+        log = (p / sw.LOG_FILE).read_text()
+        seen.append(re.search(r"CUDA_VISIBLE_DEVICES=([^,]*),", log).group(1))
+    assert sorted(set(seen)) == ["3", "5"] and len(seen) == 3, seen
+
+
 def test_a_changed_sweep_file_does_not_reuse_old_runs(tmp_path, data):
     """oracle: a point whose run folder holds another config is refused, naming the point and
     the field that changed (a finished run is never reported as this config's result)."""
@@ -266,6 +286,11 @@ def test_slurm_launcher_writes_a_job_array_with_the_parameters(tmp_path, data, m
         assert line in script, (line, script)
     with pytest.raises(sw.SweepError, match="bad Slurm parameter"):
         sw.run_slurm(s, {"gpus_pre_node": 1}, log=lambda *_: None)
+    # on SIGUSR2 (time limit, pre-emption) submitit requeues what checkpoint() returns: the
+    # same point of the same sweep, which resumes from its run folder
+    again = sw.PointTask(str(s.folder.resolve())).checkpoint(s.points[1].name)
+    assert again.args == (s.points[1].name,)
+    assert again.function.folder == str(s.folder.resolve())
 
 
 @pytest.mark.slow

@@ -150,13 +150,15 @@ def test_probe_is_ep_against_bp_on_the_fixed_batch(tmp_path):
 
 
 def test_an_existing_run_is_never_overwritten(tmp_path):
-    """oracle: the first run's files, byte for byte, after a second run is refused."""
+    """oracle: the first run's files (event files included), byte for byte, after a second
+    run is refused."""
     run(tiny(tmp_path, epochs=1))
     d = tmp_path / "run"
-    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert any(p.parent.name == "tensorboard" for p in before)
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):
         run(tiny(tmp_path, epochs=1))
-    assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before
 
 
 def test_resume_with_another_config_is_refused_and_shows_the_difference(tmp_path):

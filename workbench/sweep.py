@@ -44,9 +44,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
+import functools
+import hashlib
 import itertools
 import json
-import math
 import os
 import re
 import signal
@@ -54,6 +55,7 @@ import subprocess
 import sys
 import time
 import traceback
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -161,14 +163,16 @@ def _flatten(overrides: dict, prefix: str = "") -> dict:
 def point_name(overrides: dict) -> str:
     """``beta=0.01,iterations=3,seed=0``: the overrides in order, safe as one folder name."""
     text = ",".join(f"{k}={_format(v)}" for k, v in _flatten(overrides).items())
-    return re.sub(r"[^A-Za-z0-9=,.+\-_\[\]:]", "_", text) or "base"
+    text = re.sub(r"[^A-Za-z0-9=,.+\-_\[\]:]", "_", text) or "base"
+    if len(text) > 120:                   # folder names stay well under the 255-byte limit
+        text = text[:100] + "-" + hashlib.sha1(text.encode()).hexdigest()[:10]
+    return text
 
 
 def _coerce(name: str, value):
     """Numbers written as text (``"1e-4"`` in quotes) for float fields become floats; ints for
     float fields become floats, so a point's config reads the same however it was written."""
-    hints = {**typing_hints(TrainConfig), **typing_hints(EstimatorSettings)}
-    hint = str(hints.get(name, ""))
+    hint = str(_hints().get(name, ""))
     if "float" in hint and not isinstance(value, bool):
         if isinstance(value, str):
             try:
@@ -180,9 +184,9 @@ def _coerce(name: str, value):
     return value
 
 
-def typing_hints(cls) -> dict:
-    import typing
-    return typing.get_type_hints(cls)
+@functools.cache
+def _hints() -> dict:
+    return {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(EstimatorSettings)}
 
 
 def _check_fields(mapping, where: str, file: str) -> dict:
@@ -438,13 +442,10 @@ def run_point(folder, name: str, notebooks: bool = False) -> dict:
             else:
                 from .train import run
                 run(cfg)
-        except BaseException as e:
-            if isinstance(e, KeyboardInterrupt):
-                raise
+        except Exception as e:      # (a signal or Ctrl-C is no failure: the point resumes)
             # first line: what went wrong (the state shows it); then the whole traceback
-            write_atomic(p.folder / ERROR_FILE, lambda f: f.write(
-                (f"{type(e).__name__}: {e}\n\n" + "".join(traceback.format_exception(e)))
-                .encode()))
+            text = f"{type(e).__name__}: {e}\n\n" + "".join(traceback.format_exception(e))
+            write_atomic(p.folder / ERROR_FILE, lambda f: f.write(text.encode()))
             raise
         return point_state(p, lock=False)
 
@@ -506,20 +507,20 @@ def _die_with_parent() -> None:
 def run_local(sweep: Sweep, slots: Optional[int] = None, notebooks: bool = False,
               retry_failed: bool = False, log=print) -> list[dict]:
     """Run the points that need it as subprocesses, ``slots`` at a time: one per visible GPU
-    (``CUDA_VISIBLE_DEVICES`` set per child) or, without GPUs, ``slots`` CPU processes sharing
-    the cores. Returns every point's final state."""
+    (``CUDA_VISIBLE_DEVICES`` set per child; ``slots`` > GPUs shares them round robin) or,
+    without GPUs, ``slots`` CPU processes sharing the cores. Returns every point's state."""
     write_plan(sweep)
     todo = _todo(sweep, retry_failed)
     gpus = _gpu_slots() if all(p.config.device in ("auto", "cuda") for p in sweep.points) \
         else []
-    if gpus:
-        names = gpus[:slots] if slots else gpus
+    if gpus:                 # --slots N: N processes over the GPUs, round robin
+        names = [gpus[i % len(gpus)] for i in range(slots or len(gpus))]
     else:
         names = [None] * (slots or 1)
     threads = max(1, (os.cpu_count() or 1) // len(names))
     free, running = list(names), {}
     log(f"sweep {sweep.name}: {len(sweep.points)} points, {len(todo)} to run, "
-        f"{len(names)} slot(s) ({'GPUs ' + ','.join(gpus[:len(names)]) if gpus else 'CPU'}) "
+        f"{len(names)} slot(s) ({'GPUs ' + ','.join(names) if gpus else 'CPU'}) "
         f"in {sweep.folder}")
     queue = list(todo)
     while queue or running:
@@ -607,7 +608,9 @@ def run_slurm(sweep: Sweep, params: Optional[dict] = None, notebooks: bool = Fal
         return []
     executor = slurm_executor(sweep, params, cluster)
     with executor.batch():
-        jobs = [executor.submit(PointTask(str(sweep.folder), notebooks), p.name) for p in todo]
+        # an absolute folder: a task may start in another working directory
+        jobs = [executor.submit(PointTask(str(sweep.folder.resolve()), notebooks), p.name)
+                for p in todo]
     log(f"sweep {sweep.name}: submitted {len(jobs)} task(s): "
         f"{', '.join(str(j.job_id) for j in jobs[:3])}{' …' if len(jobs) > 3 else ''}; "
         f"submitit logs in {sweep.folder / 'slurm'}")
@@ -636,7 +639,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local: subprocesses on this machine; slurm: a submitit job array")
     p.add_argument("--slots", type=int, default=None,
-                   help="points at once (local; default: one per visible GPU, else 1)")
+                   help="points at once (local; default: one per visible GPU, else 1; more "
+                        "slots than GPUs share them round robin)")
     p.add_argument("--notebooks", action="store_true",
                    help="run each point as papermill on notebooks/03_train.ipynb (the executed "
                         "notebook stays in its run folder)")
@@ -681,6 +685,10 @@ def _worker(argv: list[str]) -> int:
     notebooks = "--notebooks" in argv
     folder, name = [a for a in argv if a != "--notebooks"]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    print(f"workbench sweep: point {name} (pid {os.getpid()}, CUDA_VISIBLE_DEVICES="
+          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')}, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', '')}) at {time.strftime('%Y-%m-%d %H:%M:%S')}",
+          flush=True)
     try:
         state = run_point(folder, name, notebooks)
     except Exception as e:           # noqa: BLE001 — written to the point's error file

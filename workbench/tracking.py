@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -83,6 +84,7 @@ class Tracker:
             logdir = Path(run_dir) / TENSORBOARD_DIR
             if resume_step is None and logdir.exists():
                 shutil.rmtree(logdir)
+            _after_existing_files(logdir)
             # events of the killed attempt after the checkpoint's step are hidden; everything
             # at or before it was written (and flushed) before the checkpoint
             self.tb = SummaryWriter(str(logdir), flush_secs=30,
@@ -123,6 +125,17 @@ class Tracker:
         if self.wb is not None:
             self.wb.finish()
             self.wb = None
+
+
+def _after_existing_files(logdir: Path) -> None:
+    """TensorBoard reads a folder's event files in name order, and a name starts with the
+    second it was created (``events.out.tfevents.<seconds>.<host>.<pid>.<n>``): wait until
+    the clock has passed the newest file's second, so the resumed run's file (which purges
+    the killed attempt's later steps) is read after the files it corrects."""
+    seconds = [int(p.name.split(".")[3]) for p in logdir.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
 
 
 def _wandb_run(run_dir, config: dict):
