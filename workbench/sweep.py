@@ -664,6 +664,9 @@ def _key_values(items: list[str], flag: str) -> dict:
 def main(args: argparse.Namespace) -> int:
     if args.slots is not None and args.slots < 1:
         raise SweepError(f"--slots must be >= 1, got {args.slots}")
+    if args.notebooks and not NOTEBOOK.is_file():
+        raise SweepError(f"--notebooks runs {NOTEBOOK}, which is not there: it needs the "
+                         f"repository's notebooks/ (a checkout with `pip install -e .`)")
     sweep = load(args.file, args.out, settings=_key_values(args.settings, "--set"))
     if args.dry_run:
         print(plan_text(sweep))
