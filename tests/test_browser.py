@@ -1,7 +1,9 @@
-"""A real browser: JupyterLab on loopback, Debian's chromium driven by Playwright, notebook 01.
+"""A real browser: JupyterLab on loopback, Debian's chromium driven by Playwright, notebooks 01
+and 05.
 
-Runs every cell, drags the β slider of the EnergyExplorer, and checks that the plot in the page
-was redrawn with the engine's numbers for the new β. A screenshot is saved to ``runs/browser/``
+Notebook 01: runs every cell, drags the β slider of the EnergyExplorer, and checks that the plot
+in the page was redrawn with the engine's numbers for the new β. Notebook 05: the RunsBrowser's
+heat map in the page on a sweep with one point unfinished, then *refresh* after it finished. A screenshot is saved to ``runs/browser/``
 (ignored by git). Skipped only where ``/usr/bin/chromium`` is absent (``.ci/run`` installs it).
 """
 import json
@@ -49,12 +51,16 @@ def free_port() -> int:
 def lab(tmp_path):
     """JupyterLab serving a copy of notebook 01 (small parameters injected by papermill, not
     executed) on 127.0.0.1 with a token; the whole server process group is stopped afterwards."""
+    yield from serve(tmp_path, NOTEBOOK, {"dataset": real_or_synthetic(), "pool": 32,
+                                          "batch_size": 8})
+
+
+def serve(tmp_path, notebook: str, parameters: dict):
+    """Serve a copy of ``notebook`` with ``parameters`` injected (see ``lab``); yields the URL."""
     work = tmp_path / "lab"
     work.mkdir()
-    papermill.execute_notebook(str(REPO / "notebooks" / NOTEBOOK), str(work / NOTEBOOK),
-                               parameters={"dataset": real_or_synthetic(), "pool": 32,
-                                           "batch_size": 8}, prepare_only=True,
-                               progress_bar=False)
+    papermill.execute_notebook(str(REPO / "notebooks" / notebook), str(work / notebook),
+                               parameters=parameters, prepare_only=True, progress_bar=False)
     config, settings = tmp_path / "config", tmp_path / "settings"
     (config / "labconfig").mkdir(parents=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
@@ -132,19 +138,24 @@ def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
     np.testing.assert_allclose(c_minus, minus.cost.numpy(), rtol=1e-9)
 
 
-def drag_beta_slider(page, url: str) -> tuple:
-    """Open the notebook, run all cells, drag the β handle left; return the plots' data before
-    and after and the β readout before and after."""
+def run_all(page, url: str, notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab and run all its cells."""
     page.goto(url)
     # open the notebook from the file browser once the launcher lists the kernel (opening it by
     # URL can race JupyterLab's kernel-spec loading and start a second kernel)
     page.locator(".jp-LauncherCard", has_text="Python 3").first.wait_for()
-    page.locator(".jp-DirListing-item", has_text=NOTEBOOK[:12]).dblclick()
+    page.locator(".jp-DirListing-item", has_text=notebook[:12]).dblclick()
     # the status bar says "Idle" once the kernel's websocket is connected (the toolbar's
     # indicator already reads idle before that, and a Run All sent then is lost)
     page.locator(".jp-StatusBar-Widget", has_text="| Idle").first.wait_for()
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.locator("[data-command='runmenu:run-all']").click()
+
+
+def drag_beta_slider(page, url: str) -> tuple:
+    """Open the notebook, run all cells, drag the β handle left; return the plots' data before
+    and after and the β readout before and after."""
+    run_all(page, url, NOTEBOOK)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3"
                            " && document.querySelector('.js-plotly-plot').data"
                            " && document.querySelector('.js-plotly-plot').data.length >= 6")
@@ -187,3 +198,73 @@ def drag_beta_slider(page, url: str) -> tuple:
         page.wait_for_timeout(250)
         end = readout.inner_text()
     return before, after, start, end
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook 05: the RunsBrowser on a sweep that is still running
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def sweep_lab(tmp_path):
+    """A finished 2 × 2 sweep (β × K, tiny mlp on tiny Fashion-MNIST files) with one point
+    not run yet, and JupyterLab serving notebook 05 on it."""
+    from conftest import write_mnist
+
+    from workbench import sweep as sw
+    write_mnist(tmp_path / "data" / "fashion-mnist", n_train=64, n_test=32)
+    spec = {"name": "bk", "base": {"dataset": "fashion-mnist", "data_root": str(tmp_path / "data"),
+                                   "download": False, "model": "mlp",
+                                   "model_args": {"widths": [16]}, "epochs": 2,
+                                   "batch_size": 16, "probe_every": 0, "device": "cpu"},
+            "grid": {"beta": [0.01, 0.1], "iterations": [1, 3]}}
+    (tmp_path / "bk.yaml").write_text(json.dumps(spec))
+    s = sw.load(tmp_path / "bk.yaml", out=tmp_path / "sweeps")
+    sw.write_plan(s)
+    for p in s.points[:-1]:
+        sw.run_point(s.folder, p.name)
+    server = serve(tmp_path, "05_compare_runs.ipynb", {"paths": [str(s.folder)]})
+    url = next(server)
+    try:
+        yield s, url
+    finally:
+        server.close()                                   # stops JupyterLab (serve's finally)
+
+
+def test_runs_browser_heat_map_and_refresh_in_jupyterlab(sweep_lab):
+    """oracle: workbench.runs on the same folder — the heat map in the page holds runs.grid's
+    final errors (the unfinished point's cell empty) and the table shows 3 done, 1 pending;
+    after that point runs, a click on *refresh* in the page brings its cell and curve in."""
+    from playwright.sync_api import sync_playwright
+
+    from workbench import runs as R
+    from workbench import sweep as sw
+    s, url = sweep_lab
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    z_page = """() => { const g = Array.from(document.querySelectorAll('.js-plotly-plot'))
+        .filter(p => (p.data || []).some(t => t.type === 'heatmap'));
+        return g.length ? g[0].data[0].z : null; }"""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        try:
+            run_all(page, url, "05_compare_runs.ipynb")
+            page.wait_for_function(f"() => ({z_page})() !== null")
+            before = page.evaluate(z_page)
+            assert page.locator("text=4 runs: 3 done, 1 pending").count() == 1
+            sw.run_point(s.folder, s.points[-1].name)
+            page.locator("button.widget-button", has_text="refresh").click()
+            page.locator("text=4 runs: 4 done").wait_for()
+            page.wait_for_function(f"() => JSON.stringify(({z_page})()) !== "
+                                   f"{json.dumps(json.dumps(before))}")
+            after = page.evaluate(z_page)
+            page.screenshot(path=str(SCREENSHOTS / "05_compare_runs.png"))
+        except Exception:
+            page.screenshot(path=str(SCREENSHOTS / "05_compare_runs-failed.png"))
+            raise
+        finally:
+            browser.close()
+    _, _, z = R.grid(R.find_runs(s.folder), "beta", "iterations")
+    assert before[1][1] is None and after[1][1] is not None
+    assert sum(after, []) == pytest.approx(sum(z, []))
+    assert [row[:1] for row in before] == [row[:1] for row in after]

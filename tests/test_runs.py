@@ -58,6 +58,9 @@ def test_find_state_differing_aggregate_grid(grid_runs):
     assert R.find_runs(grid_runs)[0].state["epochs"] == 3
     assert [r.progress for r in runs if r.name == "b0.1-k5-s1"] == ["2/3"]
     assert R.differing(runs) == ["beta", "iterations", "seed"]
+    pending = R.Run(grid_runs / "not-yet", "not-yet", {**runs[0].config, "estimator": {
+        **runs[0].config["estimator"], "precision": "auto", "fused": None}})
+    assert R.differing(runs + [pending]) == ["beta", "iterations", "seed"]   # auto: unresolved
     agg = {(a["beta"], a["iterations"]): a for a in R.aggregate(runs, ["beta", "iterations"])}
     assert agg[("0.01", "2")]["mean"] == pytest.approx(statistics.fmean([0.31, 0.32]))
     assert agg[("0.01", "2")]["sd"] == pytest.approx(statistics.stdev([0.31, 0.32]))

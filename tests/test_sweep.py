@@ -306,3 +306,30 @@ def test_notebooks_mode_keeps_the_executed_notebook(tmp_path, data):
     name = "beta=0.05,seed=0"
     assert (tmp_path / "a" / "nb" / name / "03_train.ipynb").is_file()
     assert _lines(tmp_path / "a" / "nb" / name) == _lines(tmp_path / "b" / "nb" / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# experiments/: the paper's sweeps
+# ---------------------------------------------------------------------------------------------
+#: points per sweep, counted by hand from each grid (paper size, small variant)
+SIZES = {"fig1": (6 * 4 + 4, 3 * 4 + 2), "fig2": (7 * 6, 6 * 5), "fig3": (2 * 2, 2 * 2),
+         "fig4": (5 * 2, 3 * 2), "fig5": (3 * 3 * 2, 3 * 3 * 2), "table1": (8 * 2 * 3, 2 * 2 * 2),
+         "table2": (5, 5), "table3": (3 * 3 * 3, 3 * 3 + 3)}
+
+
+def test_every_experiment_of_the_paper_has_a_sweep_and_a_small_variant(tmp_path):
+    """oracle: the paper's experiment list (docs/method.md §8, results.EXPERIMENTS) and the
+    grid sizes counted by hand — each has experiments/<name>.yaml and <name>-small.yaml, every
+    point of both is a valid config; the paper-size points use the paper's presets, the small
+    ones Fashion-MNIST."""
+    from workbench import presets, results
+    assert set(SIZES) == set(results.EXPERIMENTS)
+    files = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
+    assert files == sorted([k for k in SIZES] + [f"{k}-small" for k in SIZES])
+    for name, (full, small) in SIZES.items():
+        big = sw.load(ROOT / "experiments" / f"{name}.yaml", out=tmp_path)
+        little = sw.load(ROOT / "experiments" / f"{name}-small.yaml", out=tmp_path)
+        assert (len(big.points), len(little.points)) == (full, small), name
+        assert big.spec["paper"] and little.spec["paper"].startswith(big.spec["paper"][:6])
+        assert all(p.config.preset in presets.PRESETS for p in big.points), name
+        assert {p.config.dataset for p in little.points} == {"fashion-mnist"}, name

@@ -153,17 +153,26 @@ def _find(path: Path) -> Iterable[Run]:
             yield from _find(child)
 
 
+#: values a run resolves when it starts (config.json records what they became); a sweep point
+#: not started yet still holds them, and they differ from nothing
+UNRESOLVED = {"precision": "auto", "fused": None}
+
+
 def differing(runs: Sequence[Run], ignore: Iterable[str] = ("run_dir", "resume", "progress",
                                                             "data_root")) -> list[str]:
     """The config fields (flattened) whose values are not the same in every run, in the order
-    of the first run's config."""
+    of the first run's config (a value still to be resolved, :data:`UNRESOLVED`, counts as
+    equal to any)."""
     flats = [r.flat for r in runs]
     keys: list[str] = []
     for f in flats:
         keys += [k for k in f if k not in keys]
     ignore = set(ignore)
-    return [k for k in keys if k not in ignore
-            and len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
+
+    def values(k):
+        return {json.dumps(f.get(k), sort_keys=True) for f in flats
+                if not (k in UNRESOLVED and f.get(k) == UNRESOLVED[k])}
+    return [k for k in keys if k not in ignore and len(values(k)) > 1]
 
 
 def value_label(v) -> str:
