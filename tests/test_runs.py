@@ -107,3 +107,17 @@ def test_table1_puts_the_papers_numbers_beside_ours(tmp_path):
     assert "<td>cifar10</td><td>mse</td><td>EP (centered)</td><td>2/2</td><td>7.50 ± 0.71</td>" \
         in html
     assert "<td>7.8 ± 0.1</td>" in html and "<td>8.0 ± 0.0</td>" in html
+
+
+def test_table3_rows_and_curves_name_bp_without_estimator_fields(tmp_path):
+    """oracle: the errors written by hand — one row per rule (K) with its mean, a diverged run
+    counted as failed; BP's curve is named BP (its estimator fields are unused)."""
+    _run(tmp_path / "m0", [0.2, 0.10], update="mod_pgd", iterations=5, seed=0)
+    _run(tmp_path / "m1", [0.2, 0.12], update="mod_pgd", iterations=5, seed=1)
+    _run(tmp_path / "p0", [0.3], "failed", update="pgd", iterations=5, seed=0)
+    _run(tmp_path / "b0", [0.2, 0.09], algorithm="bp", update="mod_pgd", iterations=5)
+    table, fig = results.table3(R.find_runs(tmp_path))
+    assert "<td>mod_pgd (5)</td><td>2/2</td><td>0</td><td>11.00 ± 1.41</td>" in table
+    assert "<td>pgd (5)</td><td>0/1</td><td>1</td><td>–</td>" in table
+    assert sorted(t.name for t in fig.data) == ["BP", "update=mod_pgd, iterations=5 (centered)",
+                                                "update=pgd, iterations=5 (centered)"]

@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 
 from . import runs as R
 from .presets import PAPER_TABLE1, PAPER_TABLE2
+from .settings import EstimatorSettings
 
 __all__ = ["EXPERIMENTS", "method", "fig1", "fig2", "fig3", "fig4", "fig5", "table1", "table2",
            "table3", "html_table", "mean_curve"]
@@ -66,6 +67,9 @@ def mean_curve(runs: Sequence[R.Run], metric: str) -> tuple[list, list]:
 
 
 def _label(run: R.Run, fields: Sequence[str]) -> str:
+    """``field=value, …`` of a run; a BP run leaves out the estimator's fields (unused)."""
+    if method(run) == "BP":
+        fields = [f for f in fields if f not in EstimatorSettings.names()]
     return ", ".join(f"{f}={R.value_label(run.flat.get(f))}" for f in fields)
 
 
@@ -133,9 +137,10 @@ def _curves(runs: Sequence[R.Run], fields: Sequence[str], metrics: Sequence[str]
     for i, (key, members) in enumerate(_groups(runs, lambda r: (_label(r, fields),
                                                                 method(r) == "BP")).items()):
         label, bp = key
+        name = f"{label} ({method(members[0])})" if label else method(members[0])
         for col, metric in enumerate(metrics, start=1):
             epochs, values = mean_curve(members, metric)
-            fig.add_scatter(x=epochs, y=values, mode="lines", name=f"{label} ({method(members[0])})",
+            fig.add_scatter(x=epochs, y=values, mode="lines", name=name,
                             legendgroup=str(key), showlegend=col == 1,
                             line=dict(dash="dash" if bp else "solid", color=_color(i)),
                             row=1, col=col)
