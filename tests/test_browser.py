@@ -6,6 +6,7 @@ in the page was redrawn with the engine's numbers for the new β. Notebook 05: t
 heat map in the page on a sweep with one point unfinished, then *refresh* after it finished. A screenshot is saved to ``runs/browser/``
 (ignored by git). Skipped only where ``/usr/bin/chromium`` is absent (``.ci/run`` installs it).
 """
+import contextlib
 import json
 import os
 import secrets
@@ -107,22 +108,8 @@ def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
     (ep.estimate run here on the same model and batch at that β) — the kernel recomputed and
     the figure synchronised through JupyterLab's widget manager into the page; the
     diagnostics panels (switched units, fixed-point residual) are in the page too."""
-    from playwright.sync_api import sync_playwright
-
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        try:
-            before, after, start, end = drag_beta_slider(page, lab)
-            page.screenshot(path=str(SCREENSHOTS / "01_equilibration_dynamics.png"))
-        except Exception:
-            page.screenshot(path=str(SCREENSHOTS / "01_equilibration_dynamics-failed.png"))
-            raise
-        finally:
-            browser.close()
+    with browser_page("01_equilibration_dynamics") as page:
+        before, after, start, end = drag_beta_slider(page, lab)
     assert float(start) == pytest.approx(0.05) and float(end) < float(start)
     assert len(after[0]) == 6 and after[0] != before[0]   # F, E, C of both phases, redrawn
     # the slider moves log10 β in steps of 0.1; the readout shows 2 significant digits
@@ -136,6 +123,28 @@ def test_beta_slider_redraws_the_energy_plot_in_jupyterlab(lab):
     np.testing.assert_allclose(c_plus, plus.cost.numpy(), rtol=1e-9)
     np.testing.assert_allclose(f_minus, minus.total.numpy(), rtol=1e-9)
     np.testing.assert_allclose(c_minus, minus.cost.numpy(), rtol=1e-9)
+
+
+@contextlib.contextmanager
+def browser_page(name: str):
+    """A chromium page (Debian's binary, no sandbox, no GPU); a screenshot of it goes to
+    ``runs/browser/<name>.png`` at the end, or ``<name>-failed.png`` when the test fails."""
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        try:
+            yield page
+            page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+        except Exception:
+            page.screenshot(path=str(SCREENSHOTS / f"{name}-failed.png"))
+            raise
+        finally:
+            browser.close()
 
 
 def run_all(page, url: str, notebook: str) -> None:
@@ -233,37 +242,23 @@ def test_runs_browser_heat_map_and_refresh_in_jupyterlab(sweep_lab):
     """oracle: workbench.runs on the same folder — the heat map in the page holds runs.grid's
     final errors (the unfinished point's cell empty) and the table shows 3 done, 1 pending;
     after that point runs, a click on *refresh* in the page brings its cell and curve in."""
-    from playwright.sync_api import sync_playwright
-
     from workbench import runs as R
     from workbench import sweep as sw
     s, url = sweep_lab
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     z_page = """() => { const g = Array.from(document.querySelectorAll('.js-plotly-plot'))
         .filter(p => (p.data || []).some(t => t.type === 'heatmap'));
         return g.length ? g[0].data[0].z : null; }"""
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        try:
-            run_all(page, url, "05_compare_runs.ipynb")
-            page.wait_for_function(f"() => ({z_page})() !== null")
-            before = page.evaluate(z_page)
-            assert page.locator("text=4 runs: 3 done, 1 pending").count() == 1
-            sw.run_point(s.folder, s.points[-1].name)
-            page.locator("button.widget-button", has_text="refresh").click()
-            page.locator("text=4 runs: 4 done").wait_for()
-            page.wait_for_function(f"() => JSON.stringify(({z_page})()) !== "
-                                   f"{json.dumps(json.dumps(before))}")
-            after = page.evaluate(z_page)
-            page.screenshot(path=str(SCREENSHOTS / "05_compare_runs.png"))
-        except Exception:
-            page.screenshot(path=str(SCREENSHOTS / "05_compare_runs-failed.png"))
-            raise
-        finally:
-            browser.close()
+    with browser_page("05_compare_runs") as page:
+        run_all(page, url, "05_compare_runs.ipynb")
+        page.wait_for_function(f"() => ({z_page})() !== null")
+        before = page.evaluate(z_page)
+        assert page.locator("text=4 runs: 3 done, 1 pending").count() == 1
+        sw.run_point(s.folder, s.points[-1].name)
+        page.locator("button.widget-button", has_text="refresh").click()
+        page.locator("text=4 runs: 4 done").wait_for()
+        page.wait_for_function(f"() => JSON.stringify(({z_page})()) !== "
+                               f"{json.dumps(json.dumps(before))}")
+        after = page.evaluate(z_page)
     _, _, z = R.grid(R.find_runs(s.folder), "beta", "iterations")
     assert before[1][1] is None and after[1][1] is not None
     assert sum(after, []) == pytest.approx(sum(z, []))

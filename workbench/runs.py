@@ -24,13 +24,15 @@ METRICS = ("test_top1_error", "test_top5_error", "test_loss", "train_loss")
 ERROR_FILE = "sweep-error.txt"
 
 
-def read_state(folder: Path, total: Optional[int] = None) -> dict:
+def read_state(folder: Path, total: Optional[int] = None,
+               rows: Optional[list] = None) -> dict:
     """A run folder's state from its files: ``done`` (summary says completed), ``failed`` (a
     non-finite stop, or the error a sweep recorded), ``started`` (config without summary:
     running, killed or pre-empted) or ``pending`` (nothing yet); with the epochs done of
-    ``total`` and the error's first line."""
+    ``total`` and the error's first line. ``rows``: its metrics rows, when already read."""
     folder = Path(folder)
-    epochs = sum(1 for r in _rows(folder) if r.get("type") == "epoch")
+    rows = _rows(folder) if rows is None else rows
+    epochs = sum(1 for r in rows if r.get("type") == "epoch")
     out = {"epochs": epochs, "of": total, "error": None}
     summary = folder / "summary.json"
     if summary.is_file():
@@ -112,8 +114,9 @@ class Run:
         folder = Path(folder)
         saved = folder / "config.json"
         cfg = json.loads(saved.read_text()) if saved.is_file() else dict(config or {})
-        return cls(folder, name or folder.name, cfg, _rows(folder),
-                   read_state(folder, cfg.get("epochs")), sweep)
+        rows = _rows(folder)
+        return cls(folder, name or folder.name, cfg, rows,
+                   read_state(folder, cfg.get("epochs"), rows), sweep)
 
 
 def _number(v) -> bool:

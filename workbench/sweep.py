@@ -65,7 +65,7 @@ import yaml
 from .config import RESUMABLE, TrainConfig, saved_config
 from .files import write_atomic
 from .runfolder import CONFIG, SUMMARY, config_diff
-from .runs import ERROR_FILE, read_state
+from .runs import ERROR_FILE, flat_config, read_state
 from .settings import EstimatorSettings
 
 __all__ = ["Sweep", "Point", "SweepError", "load", "point_state", "run_local", "run_slurm",
@@ -150,19 +150,9 @@ def _format(value) -> str:
     return str(value)
 
 
-def _flatten(overrides: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in overrides.items():
-        if isinstance(v, dict) and k in ("model_args", "data_args", "estimator"):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def point_name(overrides: dict) -> str:
     """``beta=0.01,iterations=3,seed=0``: the overrides in order, safe as one folder name."""
-    text = ",".join(f"{k}={_format(v)}" for k, v in _flatten(overrides).items())
+    text = ",".join(f"{k}={_format(v)}" for k, v in flat_config(overrides).items())
     text = re.sub(r"[^A-Za-z0-9=,.+\-_\[\]:]", "_", text) or "base"
     if len(text) > 120:                   # folder names stay well under the 255-byte limit
         text = text[:100] + "-" + hashlib.sha1(text.encode()).hexdigest()[:10]
@@ -220,14 +210,13 @@ def _grid(grid, file: str) -> list[dict]:
             raise SweepError(f"{file}: grid axis {axis!r} must be a non-empty list of values, "
                              f"got {values!r}")
         if axis in known:
-            if axis in MANAGED or axis == "seed":
-                _check_fields({axis: None}, f"grid axis {axis!r}", file)
             if any(isinstance(v, dict) for v in values) and axis not in ("model_args",
                                                                          "data_args"):
                 raise SweepError(f"{file}: grid axis {axis!r} is a field; its values must be "
                                  f"values of {axis!r}, not mappings (name the axis otherwise to "
                                  f"set several fields per value)")
-            axes.append([{axis: _coerce(axis, v)} for v in values])
+            axes.append([_check_fields({axis: v}, f"grid axis {axis!r}", file)
+                         for v in values])
         else:
             if not all(isinstance(v, dict) for v in values):
                 raise SweepError(f"{file}: grid axis {axis!r} is not a config field, so each of "
@@ -290,7 +279,7 @@ def load(path, out: Optional[str] = None, text: Optional[str] = None,
         raise SweepError(f"{file}: slurm must be a mapping of submitit parameters, got {slurm!r}")
     overrides = (grid + extra) or [{}]
     folder = Path(out or "runs/sweeps") / name
-    points, seen = [], {}
+    points, seen = [], set()
     for o in overrides:
         for seed in seeds:
             ov = {**o, "seed": seed}
@@ -298,7 +287,7 @@ def load(path, out: Optional[str] = None, text: Optional[str] = None,
             if pname in seen:
                 raise SweepError(f"{file}: point {pname!r} appears twice (grid and points, or "
                                  f"two equal values); each point must be different")
-            seen[pname] = True
+            seen.add(pname)
             try:
                 cfg = TrainConfig(**_merge(base, o), seed=seed,
                                   run_dir=str(folder / pname)).validate()

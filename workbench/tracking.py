@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .runs import flat_config
+
 __all__ = ["Tracker", "scalars", "hparams", "TENSORBOARD_DIR"]
 
 TENSORBOARD_DIR = "tensorboard"
@@ -49,19 +51,12 @@ def scalars(row: dict) -> dict[str, float]:
 
 
 def hparams(config: dict) -> dict:
-    """The config flattened to TensorBoard's hyper-parameter values (numbers, strings, bools;
-    the estimator's fields by their own names, model/data options as ``model_args.NAME``)."""
-    out = {}
-    for k, v in config.items():
-        if k == "estimator":
-            out.update(hparams(v))
-        elif isinstance(v, dict):
-            out.update({f"{k}.{kk}": vv for kk, vv in hparams(v).items()})
-        elif isinstance(v, (bool, str)) or (isinstance(v, (int, float)) and math.isfinite(v)):
-            out[k] = v
-        else:
-            out[k] = json.dumps(v)
-    return out
+    """The config flattened (:func:`workbench.runs.flat_config`: the estimator's fields by
+    their own names, model/data options as ``model_args.NAME``) to TensorBoard's
+    hyper-parameter values: numbers, strings and bools as they are, anything else as JSON."""
+    return {k: v if isinstance(v, (bool, str)) or (isinstance(v, (int, float))
+                                                    and math.isfinite(v)) else json.dumps(v)
+            for k, v in flat_config(config).items()}
 
 
 class Tracker:
