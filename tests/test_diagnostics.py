@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from plain import pre_activation
+from plain import pre_activation, skips_into
 from test_engine import small
 from workbench import ep
 from workbench.equilibrate import NudgedPhase, free_phase
@@ -40,7 +40,7 @@ def test_switched_fractions_equal_a_recount_from_explicit_forward_passes():
             switched.append(frac)
             if layer.pool:
                 z = layer.linear(states[k - 1])
-                for skip in net.skips_into(k):
+                for skip in skips_into(net, k):
                     z = z + skip.linear(states[skip.src]).reshape(z.shape)
                 _, idx = F.max_pool2d(z, 2, 2, return_indices=True)
                 changed = float((idx != free.idx[k]).double().mean())

@@ -8,6 +8,11 @@ with CUDA events on a GPU and ``time.perf_counter`` on the CPU (``--cpu-timer pr
 time); the report holds the median ms per step, images/s, EP/BP time and, on CUDA, each
 algorithm's peak memory. On CUDA ``cudnn.benchmark`` is on.
 
+**General path** (``--measure general``): the same network as built-in layers and as plain torch
+blocks through ``from_blocks`` (:func:`workbench.models.as_blocks`, same weights), each algorithm
+timed on both round-robin: the cost of differentiating blocks by autograd instead of the
+closed-form linear algebra.
+
 **Profile** (``--measure profile``): the operators that take one step's time (device time on a
 GPU), per algorithm, from ``torch.profiler``.
 
@@ -41,12 +46,12 @@ from .precision import Precision, fp32_math, precision_context
 from .runfolder import cpu_name
 from .settings import ALL_SCHEMES, EstimatorSettings
 
-MEASURES = ("speed", "fidelity", "profile")
+MEASURES = ("speed", "fidelity", "profile", "general")
 CPU_TIMERS = ("wall", "process")
 RULE_SLACK = 0.002
 
-__all__ = ["MEASURES", "RULE_SLACK", "environment", "make_batch", "speed", "profile",
-           "fidelity", "add_arguments", "main"]
+__all__ = ["MEASURES", "RULE_SLACK", "environment", "make_batch", "speed", "general_path",
+           "profile", "fidelity", "add_arguments", "main"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,21 +125,17 @@ def _settings(settings: Optional[EstimatorSettings], overrides: dict) -> Estimat
     return (settings or EstimatorSettings(precision="strict")).replace(**overrides)
 
 
-def speed(net, x, y, algorithms, settings: Optional[EstimatorSettings] = None, *,
-          warmup: int = 1, repeats: int = 5, cpu_timer: str = "wall", **overrides) -> dict:
-    """Median ms per step, images/s, EP/BP time and (CUDA) peak memory per algorithm
-    (``bp``, an EP scheme, or ``infer``: one forward pass without gradients), with
-    ``settings`` (default: strict precision) and ``overrides`` of its fields."""
-    s = _settings(settings, overrides)
-    device = x.device
+def _timed(steps: dict, device: torch.device, warmup: int, repeats: int,
+           cpu_timer: str) -> tuple[dict, dict]:
+    """Run ``steps`` (name → fn) ``warmup`` times untimed, then ``repeats`` rounds round-robin;
+    ``(times, peak)``: ms per run and (CUDA) peak bytes, per name."""
     cuda = device.type == "cuda"
-    steps = {a: make_step(net, x, y, a, s) for a in algorithms}
     for fn in steps.values():
         for _ in range(warmup):
             fn()
     timer = make_timer(device, cpu_timer)
-    times = {a: [] for a in algorithms}
-    peak = {a: 0 for a in algorithms}
+    times = {a: [] for a in steps}
+    peak = {a: 0 for a in steps}
     for _ in range(repeats):
         for a, fn in steps.items():
             if cuda:
@@ -143,6 +144,19 @@ def speed(net, x, y, algorithms, settings: Optional[EstimatorSettings] = None, *
             times[a].append(timer(fn))
             if cuda:
                 peak[a] = max(peak[a], torch.cuda.max_memory_allocated(device))
+    return times, peak
+
+
+def speed(net, x, y, algorithms, settings: Optional[EstimatorSettings] = None, *,
+          warmup: int = 1, repeats: int = 5, cpu_timer: str = "wall", **overrides) -> dict:
+    """Median ms per step, images/s, EP/BP time and (CUDA) peak memory per algorithm
+    (``bp``, an EP scheme, or ``infer``: one forward pass without gradients), with
+    ``settings`` (default: strict precision) and ``overrides`` of its fields."""
+    s = _settings(settings, overrides)
+    device = x.device
+    cuda = device.type == "cuda"
+    times, peak = _timed({a: make_step(net, x, y, a, s) for a in algorithms}, device, warmup,
+                         repeats, cpu_timer)
     out = {}
     for a in algorithms:
         ms = statistics.median(times[a])
@@ -152,6 +166,27 @@ def speed(net, x, y, algorithms, settings: Optional[EstimatorSettings] = None, *
     if "bp" in out:
         for a in algorithms:
             out[a]["time_vs_bp"] = out[a]["ms_per_step"] / out["bp"]["ms_per_step"]
+    return out
+
+
+def general_path(net, x, y, algorithms, settings: Optional[EstimatorSettings] = None, *,
+                 warmup: int = 1, repeats: int = 5, cpu_timer: str = "wall",
+                 **overrides) -> dict:
+    """The general path (any block, by autograd) against the built-in fast path on the same
+    network: ``net`` and :func:`workbench.models.as_blocks` of it (same weights), every
+    algorithm timed on both round-robin in one process. Per algorithm: the median ms of each
+    and ``general_vs_builtin``, their ratio."""
+    s = _settings(settings, overrides)
+    twin = models.as_blocks(net)
+    steps = {}
+    for a in algorithms:
+        steps[a, "builtin"] = make_step(net, x, y, a, s)
+        steps[a, "general"] = make_step(twin, x, y, a, s)
+    times, _ = _timed(steps, x.device, warmup, repeats, cpu_timer)
+    out = {}
+    for a in algorithms:
+        b, g = (statistics.median(times[a, path]) for path in ("builtin", "general"))
+        out[a] = {"builtin_ms": b, "general_ms": g, "general_vs_builtin": g / b}
     return out
 
 
@@ -343,6 +378,9 @@ class BenchOptions:
     device: Optional[str] = option(None, "default: cuda if available, else cpu")
     threads: Optional[int] = option(None, "CPU threads (torch.set_num_threads)")
     seed: int = option(0, "seed of the model and the batch")
+    model_args: dict = option(default_factory=dict, kind="name_value",
+                              help="model override NAME=VALUE (JSON value), e.g. width=16; "
+                                   "repeatable")
     out: Optional[str] = option(None, "also write the JSON to this file")
     loader: bool = option(False, "time the ImageNet input pipeline alone instead")
     data_root: Optional[str] = option(None, "--loader: an ImageNet folder (default: generated "
@@ -400,12 +438,13 @@ def run(args) -> dict:
         return {"loader": _loader(o, device), **environment(device)}
     size = o.image_size or models.default_image_size(o.model)
     out = {"model": o.model, "image_size": size, "in_channels": o.in_channels,
-           "num_classes": o.num_classes, **s.replace(scheme="centered").to_dict(),
-           **environment(device)}
+           "num_classes": o.num_classes, "model_args": dict(o.model_args),
+           **s.replace(scheme="centered").to_dict(), **environment(device)}
     out.pop("scheme")
 
     def batch(n):
-        return make_batch(o.model, size, o.in_channels, o.num_classes, n, device, o.seed)
+        return make_batch(o.model, size, o.in_channels, o.num_classes, n, device, o.seed,
+                          **o.model_args)
 
     if "speed" in o.measure:
         net, x, y = batch(o.batch_size)
@@ -415,6 +454,11 @@ def run(args) -> dict:
                         {"wall": "perf_counter", "process": "process_time"}[o.cpu_timer],
                         "algorithms": speed(net, x, y, o.schemes, s, warmup=o.warmup,
                                             repeats=o.repeats, cpu_timer=o.cpu_timer)}
+    if "general" in o.measure:
+        net, x, y = batch(o.batch_size)
+        out["general"] = {"batch_size": o.batch_size, "repeats": o.repeats,
+                          "algorithms": general_path(net, x, y, o.schemes, s, warmup=o.warmup,
+                                                     repeats=o.repeats, cpu_timer=o.cpu_timer)}
     if "profile" in o.measure:
         net, x, y = batch(o.batch_size)
         out["profile"] = {a: profile(net, x, y, a, s) for a in o.schemes}

@@ -24,12 +24,15 @@ from typing import Optional
 import torch
 
 from . import energy
-from .equilibrate import NudgedPhase, Trace, free_phase
+from .blocks import couples_examples, frozen_statistics
+from .equilibrate import NudgedPhase, free_phase
 from .precision import Precision, precision_context
+from .recording import Trace
 from .settings import ALL_SCHEMES, SCHEMES, SIGN_MODES, EstimatorSettings
 
 __all__ = ["SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "EstimatorSettings", "Estimate", "estimate",
-           "bp_gradients", "compare", "relative_error", "check_batch", "random_signs"]
+           "bp_gradients", "compare", "relative_error", "check_batch", "random_signs",
+           "trainable"]
 
 
 @dataclass
@@ -74,9 +77,13 @@ def check_batch(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
         raise ValueError("x and y must be torch tensors")
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch (N, ...) of inputs, got shape {tuple(x.shape)}")
+    net.infer_shapes(x.to(p.device, p.dtype))
     want = tuple(net.in_shape)
-    if x.dim() < 2 or (tuple(x.shape[1:]) != want and not (
-            not net.layers[0].spatial and math.prod(x.shape[1:]) == math.prod(want))):
+    flat_ok = not getattr(net.layers[0], "spatial", True)       # a dense first layer flattens
+    if (tuple(x.shape[1:]) != want and not (
+            flat_ok and math.prod(x.shape[1:]) == math.prod(want))):
         raise ValueError(f"x must have shape (N, {', '.join(map(str, want))}) for this "
                          f"{getattr(net, 'name', 'model')}, got {tuple(x.shape)}")
     if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -94,8 +101,14 @@ def check_batch(net, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     return x.to(p.dtype), y.long()
 
 
+def trainable(net) -> list:
+    """``[(name, parameter)]`` of the parameters that require a gradient, in
+    ``named_parameters()`` order: what every estimate (and BP) writes."""
+    return [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+
+
 def _write_grads(net, grads: dict, accumulate: bool = True) -> None:
-    for name, p in net.named_parameters():
+    for name, p in trainable(net):
         g = grads[name]
         if p.grad is None or not accumulate:
             p.grad = g.clone()
@@ -111,7 +124,8 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
     bfloat16 autocast (on CUDA with channels_last), the usual mixed-precision BP.
     """
     energy.check_cost(cost_name)
-    params = [p for _, p in net.named_parameters()]
+    named = trainable(net)
+    params = [p for _, p in named]
     prec = Precision.make(precision, params[0].dtype, params[0].device)
     with precision_context(prec), torch.enable_grad():
         if prec.name == "fast":
@@ -124,8 +138,7 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
             logits = net(x)
         loss = energy.cost(cost_name, logits, y).mean()
         gs = torch.autograd.grad(loss, params)
-    names = [n for n, _ in net.named_parameters()]
-    return dict(zip(names, gs)), float(loss.detach()), logits.detach()
+    return dict(zip([n for n, _ in named], gs)), float(loss.detach()), logits.detach()
 
 
 _FUSED_BROKEN: list = []        # set once when compiling the fused path failed (fused=None)
@@ -165,32 +178,29 @@ def _phase_signs(s: EstimatorSettings, n: int, signs: Optional[torch.Tensor],
 
 def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, fused: bool,
                   trace: bool, diagnostics: bool = False):
-    """The free phase, one nudged phase per entry of ``sign_list``, and the summed estimate."""
+    """The free phase, one nudged phase per entry of ``sign_list`` (running statistics frozen),
+    and the summed estimate, by parameter name (zero where a layer's error stayed zero)."""
     n = x.shape[0]
     with precision_context(prec), torch.no_grad():
         free = free_phase(net, x, prec)
-        totals: dict[int, list] = {}
+        totals: dict[str, torch.Tensor] = {}
         tr = Trace(free_cost=float(energy.cost(s.cost, free.logits, y).mean()))
-        for sign in sign_list:
-            b = s.beta * sign
-            phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, s.update, s.order, fused,
-                                s.perturbation, s.step_size)
-            tr.phases.append(phase.run(s.iterations, tol=s.tol, record=trace,
-                                       signs=sign if s.scheme == "random" else None,
-                                       diagnostics=diagnostics))
-            weight = 1.0 / (b * n * len(sign_list))
-            for k, (gw, gb) in phase.param_grads(weight).items():
-                if k in totals:
-                    totals[k][0] += gw
-                    totals[k][1] += gb
-                else:
-                    totals[k] = [gw, gb]
-    grads = {}
-    maps = [(k, f"layers.{k - 1}", layer) for k, layer in enumerate(net.layers, start=1)]
-    maps += [(("skip", i), f"skips.{i}", skip) for i, skip in enumerate(net.skips)]
-    for key, prefix, layer in maps:
-        gw, gb = totals.get(key, (torch.zeros_like(layer.weight), torch.zeros_like(layer.bias)))
-        grads[f"{prefix}.weight"], grads[f"{prefix}.bias"] = gw, gb
+        with frozen_statistics(net):
+            for sign in sign_list:
+                b = s.beta * sign
+                phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, s.update, s.order,
+                                    fused, s.perturbation, s.step_size)
+                tr.phases.append(phase.run(s.iterations, tol=s.tol, record=trace,
+                                           signs=sign if s.scheme == "random" else None,
+                                           diagnostics=diagnostics))
+                weight = 1.0 / (b * n * len(sign_list))
+                for name, g in phase.param_grads(weight).items():
+                    if name in totals:
+                        totals[name] += g
+                    else:
+                        totals[name] = g
+    grads = {name: totals[name] if name in totals else torch.zeros_like(p)
+             for name, p in trainable(net)}
     return grads, tr, free.logits.detach()
 
 
@@ -235,8 +245,20 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
         return Estimate(grads, Trace(free_cost=loss), loss, logits, s)
 
     p0 = next(net.parameters())
-    prec = Precision.make(s.precision, p0.dtype, p0.device)
+    linear = net.wiring.linear
+    if s.precision == "fast" and not linear:
+        raise ValueError("precision='fast' is only for networks of built-in conv/dense layers: "
+                         "a general block's deviation g(h⁰ + d) − g(h⁰) is a difference of two "
+                         "O(1) values, which bf16 or TF32 cannot carry (docs/method.md §9); use "
+                         "'strict' (or 'auto', which picks it)")
+    prec = Precision.make(s.precision, p0.dtype, p0.device, linear=linear)
     sign_list = _phase_signs(s, x.shape[0], tensor_signs, generator, x.device, prec.state)
+    if len(sign_list) == 1 and bool((sign_list[0] != sign_list[0][0]).any()) \
+            and couples_examples(net):
+        raise ValueError("the random scheme with a sign of beta per example needs an energy "
+                         "that is a sum over examples, but train-mode BatchNorm couples the "
+                         "examples of a batch (docs/method.md §9): use signs='batch' (one sign "
+                         "per batch), another scheme, or the model in eval mode")
     auto = s.fused is None
     fused = (prec.name == "fast" and x.device.type == "cuda" and not _FUSED_BROKEN) if auto \
         else s.fused
@@ -252,36 +274,37 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
                       f"silence this)", RuntimeWarning, stacklevel=2)
         grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, False, trace,
                                           diagnostics)
-    grads = {name: grads[name] for name, _ in net.named_parameters()}
+    grads = {name: grads[name] for name, _ in trainable(net)}
     _write_grads(net, grads, accumulate)
     return Estimate(grads, tr, tr.free_cost, logits, s)
 
 
 def _flat(grads: dict, keys: list[str], device=None) -> torch.Tensor:
+    if not keys:
+        return torch.zeros(0, dtype=torch.float64, device=device)
     return torch.cat([grads[k].detach().double().flatten().to(device) for k in keys])
 
 
 def compare(net, estimate_grads: dict, reference_grads: dict) -> list[dict]:
     """Per-layer cosine and relative error of an estimate against a reference gradient.
 
-    Each layer's weight and bias gradients are concatenated. Returns one dict per layer:
-    ``{"layer": k, "cosine": c, "rel_error": ‖g − r‖/‖r‖, "norm": ‖g‖, "ref_norm": ‖r‖}``,
-    then one per skip (``"layer": "2→5"``, ``"kind": "skip"``).
-    Computed in float64.
+    Each map's gradients (a layer's weight and bias, or every parameter of a general block)
+    are concatenated. Returns one dict per layer: ``{"layer": k, "kind": …, "cosine": c,
+    "rel_error": ‖g − r‖/‖r‖, "norm": ‖g‖, "ref_norm": ‖r‖}`` (``kind``: ``conv`` | ``dense``
+    | ``block``; NaN for a layer without trainable parameters), then one per skip (``"layer":
+    "2→5"``, ``"kind": "skip"``). Computed in float64.
     """
     rows = []
-    maps = [(k, f"layers.{k - 1}", layer.kind) for k, layer in enumerate(net.layers, start=1)]
-    maps += [(f"{s.src}→{s.dst}", f"skips.{i}", "skip")
-             for i, s in enumerate(getattr(net, "skips", ()))]
-    for k, prefix, kind in maps:
-        keys = [f"{prefix}.weight", f"{prefix}.bias"]
+    for e in net.wiring.edges:
+        keys = [n for n in reference_grads if n.startswith(e.prefix + ".")]
         g = _flat(estimate_grads, keys)
         r = _flat(reference_grads, keys, g.device)
         gn, rn = float(g.norm()), float(r.norm())
         cos = float(g @ r) / (gn * rn) if gn > 0 and rn > 0 else float("nan")
         rel = float((g - r).norm()) / rn if rn > 0 else float("nan")
-        rows.append({"layer": k, "kind": kind, "cosine": cos, "rel_error": rel,
-                     "norm": gn, "ref_norm": rn})
+        rows.append({"layer": e.dst if e.chain else f"{e.src}→{e.dst}",
+                     "kind": e.module.kind if e.linear else "block", "cosine": cos,
+                     "rel_error": rel, "norm": gn, "ref_norm": rn})
     return rows
 
 

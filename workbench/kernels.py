@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 __all__ = ["relu_shift", "pool_indices", "pool_window", "unpool_window", "relu_error",
            "relu_drive", "drive_window", "mod_pgd_update", "pgd_update", "mod_pgd_step",
-           "pgd_step", "Elementwise", "EAGER", "compiled"]
+           "pgd_step", "linear_update", "linear_step", "Elementwise", "EAGER", "compiled"]
 
 Opt = Optional[torch.Tensor]
 
@@ -148,6 +148,23 @@ def pgd_step(a0: torch.Tensor, h0: torch.Tensor, d: Opt, da: Opt, delta: Opt,
     return match_layout(relu_shift(h0, s), a0)
 
 
+def linear_update(a0: torch.Tensor, da: Opt, delta: Opt) -> torch.Tensor:
+    """New deviation of an identity (linear) hidden layer, ``a⁰ + δa + Δ − h⁰ = δa + Δ`` (its
+    state is its pre-activation, ``h⁰ = a⁰``; None means zero; not both)."""
+    da, delta = widen(da, a0), widen(delta, a0)
+    return match_layout(delta if da is None else (da if delta is None else da + delta), a0)
+
+
+def linear_step(a0: torch.Tensor, d: Opt, da: Opt, delta: Opt, alpha: float) -> torch.Tensor:
+    """An identity hidden layer with step size ``alpha``: ``(1 − α) d + α (δa + Δ)``."""
+    d, da, delta = widen(d, a0), widen(da, a0), widen(delta, a0)
+    drive = da if delta is None else (delta if da is None else da + delta)
+    if d is None:
+        return match_layout(alpha * drive, a0)
+    s = (1 - alpha) * d if drive is None else (1 - alpha) * d + alpha * drive
+    return match_layout(s, a0)
+
+
 @dataclass(frozen=True)
 class Elementwise:
     """The elementwise pieces of the nudged phase. ``coded``: pooling selections are 2-bit
@@ -159,12 +176,14 @@ class Elementwise:
     pgd_update: Callable
     mod_pgd_step: Callable
     pgd_step: Callable
+    linear_update: Callable
+    linear_step: Callable
     drive: Optional[Callable] = None
     coded: bool = False
 
 
 EAGER = Elementwise(pool_indices, relu_error, relu_drive, mod_pgd_update, pgd_update,
-                    mod_pgd_step, pgd_step)
+                    mod_pgd_step, pgd_step, linear_update, linear_step)
 
 
 @functools.cache
@@ -184,4 +203,5 @@ def compiled() -> Elementwise:
         return torch.compile(f, dynamic=True, fullgraph=True)
     return Elementwise(fuse(pool_window), fuse(relu_error), fuse(relu_drive),
                        fuse(mod_pgd_update), fuse(pgd_update), fuse(mod_pgd_step),
-                       fuse(pgd_step), drive=fuse(drive_window), coded=True)
+                       fuse(pgd_step), fuse(linear_update), fuse(linear_step),
+                       drive=fuse(drive_window), coded=True)

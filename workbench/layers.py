@@ -82,9 +82,10 @@ class PCNLayer(nn.Module):
     def forward(self, h: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.act(self.pre(h, extra))
 
-    def map(self, precision: Precision) -> "LayerMap":
-        """This layer's linear algebra with its weights cast to ``precision``."""
-        return LayerMap(self, precision)
+    def map(self, precision: Precision, prefix: str = "") -> "LayerMap":
+        """This layer's linear algebra with its weights cast to ``precision``; ``prefix``: the
+        layer's name in the network (``layers.3``), for the names of its gradients."""
+        return LayerMap(self, precision, prefix)
 
     def extra_repr(self) -> str:
         o, i = self.weight.shape[:2]
@@ -184,16 +185,25 @@ class SkipLayer(PCNLayer):
 
 
 class LayerMap:
-    """A layer's linear algebra in one precision: ``W d``, ``Wᵀ g`` and ``g ⊗ h``.
+    """A built-in layer's linear algebra in one precision: ``W d``, ``Wᵀ g`` and ``g ⊗ h`` — the
+    engine's view of a linear edge of the wiring (:mod:`workbench.wiring`).
 
     The weights are cast once: to the precision's compute dtype (``precision.conv`` for conv
     layers, ``precision.dense`` for dense ones; channels_last where the precision asks for it)
     and, when it differs, to the free phase's dtype. Results come back in the state dtype, or
     in the compute dtype with ``keep`` (for a consumer that widens them itself).
-    """
 
-    def __init__(self, layer: PCNLayer, precision: Precision):
-        self.layer = layer
+    The engine calls four methods, which a general block's map (:class:`workbench.blocks.BlockMap`)
+    has too: :meth:`free` (the free phase), :meth:`delta` (the deviation of the output),
+    :meth:`vjp` (the top-down term) and :meth:`grads` (the parameter gradients, by name);
+    ``src`` is the state the edge
+    reads, as the nudged phase holds it (``src.d``: its deviation, None when exactly zero;
+    ``src.h0``: its free value; ``src.state``: ``h0 + d``).
+    """
+    linear = True
+
+    def __init__(self, layer: PCNLayer, precision: Precision, prefix: str = ""):
+        self.layer, self.prefix = layer, prefix
         self.dtype = precision.conv if layer.spatial else precision.dense
         self.out_dtype = precision.state
         self.channels_last = layer.spatial and precision.channels_last
@@ -225,8 +235,26 @@ class LayerMap:
         gi = self.layer.transpose_with(self.operand(g), self.weight)
         return (gi if keep else gi.to(self.out_dtype)).reshape(in_shape)
 
+    # -- the edge interface ----------------------------------------------------------------------
+    def free(self, h: torch.Tensor) -> torch.Tensor:
+        """The free phase's output ``W h + b`` (before pooling), in the state dtype."""
+        return self.apply(h, bias=True, free=True)
+
+    def delta(self, src, keep: bool = False):
+        """``W d_src``: the deviation of the output (linear; None when ``d_src`` is zero)."""
+        return None if src.d is None else self.apply(src.d, bias=False, keep=keep)
+
+    def vjp(self, g: torch.Tensor, src, keep: bool = False) -> torch.Tensor:
+        """``Wᵀ g``, shaped like the state the edge reads (it does not depend on that state)."""
+        return self.transpose(g, src.h0.shape, keep)
+
     def param_grads(self, h: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Σ_n g_n ⊗ h_n, Σ_n g_n)`` in the parameters' dtype."""
         gw, gb = self.layer.grads_with(self.operand(h), self.operand(g), self.weight)
         wdt = self.layer.weight.dtype
         return gw.to(wdt).contiguous(), gb.to(wdt)
+
+    def grads(self, g: torch.Tensor, src) -> dict:
+        """``{prefix.weight, prefix.bias}``: :meth:`param_grads` at the state ``src``."""
+        gw, gb = self.param_grads(src.state, g)
+        return {f"{self.prefix}.weight": gw, f"{self.prefix}.bias": gb}

@@ -14,6 +14,11 @@ pass: the free-phase equilibrium, returning the output ``h_L`` (logits), shape `
 Layers hold their parameters directly (``layers.<k-1>.weight`` / ``layers.<k-1>.bias``) so the
 parameter names that the estimators report are short and stable.
 
+Any other ``nn.Module`` can be a layer too: :func:`from_blocks` makes a PCN whose layer k is a
+block returning ``a_k`` (a residual block with BatchNorm, a transformer block, …), with the
+blocks' own parameter names under ``layers.<k-1>.`` (docs/method.md §9; ``resnet18`` and ``vit``
+are built that way, in :mod:`workbench.resnet` and :mod:`workbench.vit`).
+
 Build models by name with :func:`build`; every model takes the same signature.
 """
 from __future__ import annotations
@@ -26,52 +31,90 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-
+from .blocks import check_block, frozen_statistics
 from .layers import ConvLayer, DenseLayer, PCNLayer, SkipLayer
+from .wiring import ACTIVATIONS, Wiring
 
-__all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "SkipLayer", "PCN", "build", "available",
-           "register", "default_image_size", "init_bound", "vgg10skip"]
+__all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "SkipLayer", "PCN", "from_blocks",
+           "as_blocks", "build", "available", "register", "default_image_size", "general",
+           "init_bound", "vgg10skip"]
 
 
 class PCN(nn.Module):
-    """A chain of :class:`PCNLayer` (plus optional skips); ``forward(x)`` returns the logits.
+    """A chain of layer maps (plus optional skips); ``forward(x)`` returns the logits.
 
     Attributes:
-        layers: the maps ``f_1..f_L`` (``layers[k-1]`` is ``f_k``).
+        layers: the maps ``f_1..f_L`` (``layers[k-1]`` is layer k): built-in
+            :class:`~workbench.layers.PCNLayer` s, or any ``nn.Module`` returning the layer's
+            pre-activation (:func:`from_blocks`).
         skips: :class:`~workbench.layers.SkipLayer` maps ``S`` from a layer ``src`` into a layer
             ``dst`` (parameters ``skips.<i>.weight`` / ``.bias``); empty for a plain chain.
-        in_shape: shape of one input example, e.g. ``(1, 32, 32)`` or ``(784,)``.
-        num_classes: width of the output layer.
+        activations: per layer, ``relu`` or ``identity`` (the output: ``identity``).
+        wiring: the :class:`~workbench.wiring.Wiring` every walk through the network reads.
+        in_shape: shape of one input example, e.g. ``(1, 32, 32)`` or ``(784,)``; None until the
+            first batch for a network of general blocks whose input was not given.
+        num_classes: width of the output layer (None until the first batch, likewise).
     """
 
-    def __init__(self, layers: Sequence[PCNLayer], in_shape: tuple[int, ...], num_classes: int,
-                 name: str = "pcn", skips: Sequence[SkipLayer] = ()):
+    def __init__(self, layers: Sequence[nn.Module], in_shape: Optional[tuple[int, ...]] = None,
+                 num_classes: Optional[int] = None, name: str = "pcn",
+                 skips: Sequence[SkipLayer] = (), activations: Optional[Sequence[str]] = None):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.skips = nn.ModuleList(skips)
-        self.in_shape = tuple(in_shape)
+        self.in_shape = None if in_shape is None else tuple(in_shape)
         self.num_classes = num_classes
         self.name = name
-
-    def skips_into(self, k: int) -> list:
-        """The skips whose output enters layer ``k``'s pre-activation."""
-        return [s for s in self.skips if s.dst == k]
-
-    def skips_from(self, j: int) -> list:
-        """The skips that read state ``h_j``."""
-        return [s for s in self.skips if s.src == j]
+        L = len(self.layers)
+        if activations is None:
+            activations = [m.activation if isinstance(m, PCNLayer) else
+                           ("identity" if k == L else "relu")
+                           for k, m in enumerate(self.layers, start=1)]
+        self.activations = tuple(activations)
+        pools = [isinstance(m, PCNLayer) and m.pool for m in self.layers]
+        self.wiring = Wiring.build(self.layers, self.skips, self.activations, pools,
+                                   linear=lambda m: isinstance(m, PCNLayer))
 
     def predict(self, k: int, states: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``f_k(h_{k−1}, h_src…)`` from the states ``[h_0, …]``: the layer's linear part plus
-        its skips, then pooling and activation."""
+        """``f_k(h_{k−1}, h_src…)`` from the states ``[h_0, …]``: layer k's module on
+        ``h_{k−1}`` (its forward hooks fire) with the outputs of its skips added to its linear
+        part before pooling (a general block: to its output), then the activation."""
+        node, edges = self.wiring.nodes[k], self.wiring.edges
         extra = None
-        for skip in self.skips_into(k):
-            out = skip(states[skip.src])
+        for i in node.into[1:]:
+            out = edges[i].module(states[edges[i].src])
             extra = out if extra is None else extra + out
-        return self.layers[k - 1](states[k - 1], extra)
+        chain = edges[node.into[0]]
+        if chain.linear:
+            return chain.module(states[k - 1], extra)
+        a = self._block_output(k, states[k - 1])
+        if extra is not None:
+            a = a + extra.reshape(a.shape)
+        return torch.relu(a) if node.relu else a
+
+    def _block_output(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        """General block k on ``h``, checked while the shapes are being learnt (first batch)."""
+        block = self.layers[k - 1]
+        if self.in_shape is not None and self.num_classes is not None:
+            return block(h)
+        where = f"{self.name}: block {k} ({type(block).__name__})"
+        try:
+            out = block(h)
+        except Exception as err:
+            raise ValueError(f"{where} failed on its input of shape {tuple(h.shape)}: "
+                             f"{type(err).__name__}: {err}") from err
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"{where} returned a {type(out).__name__}; a block must return one "
+                             f"tensor, its pre-activation a_{k}")
+        if out.dim() < 2 or out.shape[0] != h.shape[0]:
+            raise ValueError(f"{where} changed the batch: input {tuple(h.shape)}, output "
+                             f"{tuple(out.shape)}; a block must map each example to one "
+                             f"(batch dimension first, kept)")
+        return out
 
     def free_states(self, x: torch.Tensor) -> list[torch.Tensor]:
         """States ``[h_0 = x, h_1, …, h_L]`` of the free phase (the forward pass)."""
+        self.infer_shapes(x)
         states = [x]
         for k in range(1, len(self.layers) + 1):
             states.append(self.predict(k, states))
@@ -79,6 +122,94 @@ class PCN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.free_states(x)[-1]
+
+    def infer_shapes(self, x: torch.Tensor) -> None:
+        """Set ``in_shape`` and ``num_classes`` from a first batch ``x`` (nothing to do when they
+        are known), checking every general block on the way: it must return one tensor and keep
+        the batch size, and the last layer must give ``(N, classes)`` logits. The running
+        statistics of normalisation layers do not move."""
+        if self.in_shape is not None and self.num_classes is not None:
+            return
+        with torch.no_grad(), frozen_statistics(self):
+            states = [x]
+            for k in range(1, len(self.layers) + 1):
+                states.append(self.predict(k, states))
+        if states[-1].dim() != 2:
+            raise ValueError(f"{self.name}: the last block must return (N, classes) logits, got "
+                             f"shape {tuple(states[-1].shape)}")
+        self.in_shape, self.num_classes = tuple(x.shape[1:]), int(states[-1].shape[1])
+
+
+def from_blocks(blocks, *, activations="relu", in_shape: Optional[Sequence[int]] = None,
+                num_classes: Optional[int] = None, name: str = "blocks") -> PCN:
+    """A PCN whose layer k is the module ``blocks[k-1]`` (docs/method.md §9).
+
+    Block k maps ``h_{k−1}`` to the pre-activation ``a_k``; the state is ``h_k = act_k(a_k)``.
+    ``blocks``: a sequence of ``nn.Module`` s (an ``nn.Sequential`` is taken block by block).
+    ``activations``: ``"relu"`` or ``"identity"`` for every hidden layer, or a list with one entry
+    per block; the last block is the output, whose activation is ``identity``. Parameters keep
+    the blocks' own names under their layer (``layers.<k-1>.<name>``), the names that ``.grad``
+    and ``est.grads`` use. ``in_shape`` / ``num_classes`` are taken from the first batch unless
+    given. A block with dropout is refused (:func:`workbench.blocks.check_block`).
+    """
+    if isinstance(blocks, nn.Module) and not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
+        raise ValueError(f"blocks must be a sequence of nn.Module (a list, tuple, nn.Sequential "
+                         f"or nn.ModuleList), got one {type(blocks).__name__}")
+    blocks = list(blocks)
+    if not blocks:
+        raise ValueError("blocks must hold at least one nn.Module (the output block)")
+    for k, b in enumerate(blocks, start=1):
+        if not isinstance(b, nn.Module):
+            raise ValueError(f"block {k} is a {type(b).__name__}, not an nn.Module")
+        check_block(b, f"{name}: block {k} ({type(b).__name__})")
+    L = len(blocks)
+    if isinstance(activations, str):
+        if activations not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activations!r}; accepted: "
+                             f"{', '.join(ACTIVATIONS)}")
+        acts = [activations] * (L - 1) + ["identity"]
+    else:
+        acts = list(activations)
+        if len(acts) != L:
+            raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)} or a list "
+                             f"with one entry per block ({L}), got {len(acts)} entries")
+        for k, a in enumerate(acts, start=1):
+            if a not in ACTIVATIONS:
+                raise ValueError(f"block {k}: unknown activation {a!r}; accepted: "
+                                 f"{', '.join(ACTIVATIONS)}")
+        if acts[-1] != "identity":
+            raise ValueError(f"the last block is the output layer: its activation must be "
+                             f"'identity' (its output are the logits), got {acts[-1]!r}")
+    for k, (b, a) in enumerate(zip(blocks, acts), start=1):
+        if isinstance(b, PCNLayer) and b.activation != a:
+            raise ValueError(f"block {k} is a built-in {b.kind} layer with activation "
+                             f"{b.activation!r}, but activations says {a!r}")
+    return PCN(blocks, in_shape, num_classes, name=name, activations=acts)
+
+
+def as_blocks(net: PCN) -> PCN:
+    """The same network (same weights, copied) written as plain torch blocks for
+    :func:`from_blocks`: ``nn.Conv2d`` (+ ``nn.MaxPool2d``), ``nn.Flatten`` + ``nn.Linear`` —
+    the general path's twin of a built-in mlp / vgg (no skips), for comparing the two paths."""
+    if len(net.skips):
+        raise ValueError("as_blocks writes chains only: this network has skips")
+    blocks = []
+    for layer in net.layers:
+        w = layer.weight
+        if layer.kind == "conv":
+            conv = nn.Conv2d(w.shape[1], w.shape[0], 3, padding=1).to(w.dtype)
+            parts = [conv] + ([nn.MaxPool2d(2, 2)] if layer.pool else [])
+        elif layer.kind == "dense":
+            conv = nn.Linear(w.shape[1], w.shape[0]).to(w.dtype)
+            parts = [nn.Flatten(), conv]
+        else:
+            raise ValueError(f"as_blocks does not know a {layer.kind} layer")
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(layer.bias)
+        blocks.append(nn.Sequential(*parts).to(w.device))
+    return from_blocks(blocks, activations=list(net.activations), in_shape=net.in_shape,
+                       num_classes=net.num_classes, name=f"{net.name}-blocks")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,16 +379,25 @@ def vgg10skip(num_classes: int = 1000, in_channels: int = 3, image_size: int = 2
 class _Entry:
     fn: Callable[..., PCN]
     image_size: int
+    general: bool = False
 
 
 _REGISTRY: dict[str, _Entry] = {"mlp": _Entry(mlp, 28), "vgg5": _Entry(vgg5, 32),
                                 "vgg10": _Entry(vgg10, 224), "vgg10skip": _Entry(vgg10skip, 224)}
 
 
-def register(name: str, fn: Callable[..., PCN], image_size: int = 32) -> None:
-    """Add a model constructor ``fn(num_classes, in_channels, image_size, **overrides)`` and
-    its default input size."""
-    _REGISTRY[name] = _Entry(fn, image_size)
+def register(name: str, fn: Callable[..., PCN], image_size: int = 32,
+             general: bool = False) -> None:
+    """Add a model constructor ``fn(num_classes, in_channels, image_size, **overrides)``, its
+    default input size, and whether its layers are general blocks (strict precision only)."""
+    _REGISTRY[name] = _Entry(fn, image_size, general)
+
+
+def general(name: str) -> bool:
+    """Are model ``name``'s layers general blocks (no fast precision, docs/method.md §9)?"""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name].general
 
 
 def available() -> list[str]:

@@ -42,19 +42,21 @@ class Precision:
     free_ieee: bool = False     # fast: the free phase's fp32 maps with TF32 off
 
     @staticmethod
-    def resolve(name: str, param_dtype: torch.dtype, device) -> str:
-        """``auto`` → ``fast`` for a float32 model on CUDA (where fast mode passed the
-        fidelity rule, BENCHMARKS.md), ``strict`` everywhere else; other names unchanged."""
+    def resolve(name: str, param_dtype: torch.dtype, device, linear: bool = True) -> str:
+        """``auto`` → ``fast`` for a float32 model of built-in (``linear``) layers on CUDA
+        (where fast mode passed the fidelity rule, BENCHMARKS.md), ``strict`` everywhere else
+        (general blocks included: docs/method.md §9); other names unchanged."""
         if name not in PRECISIONS:
             raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(PRECISIONS)}")
         if name != "auto":
             return name
         cuda = torch.device(device).type == "cuda"
-        return "fast" if cuda and param_dtype == torch.float32 else "strict"
+        return "fast" if cuda and linear and param_dtype == torch.float32 else "strict"
 
     @staticmethod
-    def make(name: str, param_dtype: torch.dtype, device: torch.device) -> "Precision":
-        name = Precision.resolve(name, param_dtype, device)
+    def make(name: str, param_dtype: torch.dtype, device: torch.device,
+             linear: bool = True) -> "Precision":
+        name = Precision.resolve(name, param_dtype, device, linear)
         if name == "strict":
             return Precision("strict", param_dtype, param_dtype, param_dtype, param_dtype)
         return Precision("fast", torch.float32, torch.bfloat16, torch.float32, torch.float32,

@@ -34,6 +34,7 @@ from typing import Callable, Optional
 import torch
 
 from . import data, distributed, ep, models
+from .blocks import kept_statistics
 from .config import RESUMABLE, TrainConfig, add_arguments, config_from_args, saved_config
 from .data.loader import EpochBatches, fixed_batch, make_loader, mix_seed
 from .energy import cost
@@ -96,7 +97,8 @@ def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     model), so that config.json records the arithmetic the run used and a resume on another
     device cannot change it silently."""
     est = cfg.estimator
-    precision = Precision.resolve(est.precision, torch.float32, device)
+    precision = Precision.resolve(est.precision, torch.float32, device,
+                                  linear=not models.general(cfg.model))
     fused = est.fused if est.fused is not None else (precision == "fast"
                                                      and device.type == "cuda")
     return dataclasses.replace(cfg, estimator=est.replace(precision=precision, fused=fused))
@@ -111,7 +113,7 @@ class Trainer:
         self.folder = folder
         self.train_set, self.test_set = build_datasets(cfg)
         torch.manual_seed(cfg.seed)
-        self.net = build_model(cfg, self.train_set).to(device)
+        self.net = build_model(cfg, self.train_set).to(device).train()
         self.params = list(self.net.parameters())
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
@@ -129,7 +131,8 @@ class Trainer:
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.n_train, self.n_test = n_train, n_test
-        self.precision = Precision.make(cfg.estimator.precision, torch.float32, device)
+        self.precision = Precision.make(cfg.estimator.precision, torch.float32, device,
+                                        linear=self.net.wiring.linear)
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.acc = self._fresh_acc()
         self.best: dict = {}
@@ -152,9 +155,13 @@ class Trainer:
         return x, y.to(self.device, non_blocking=True)
 
     def _signs(self, n: int) -> torch.Tensor:
-        """The random scheme's ±1 per example: drawn for the global batch, sliced per rank."""
+        """The random scheme's ±1 per example: drawn for the global batch (one for all of it
+        with ``signs="batch"``), sliced per rank."""
         gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, "signs", self.step))
-        signs = ep.random_signs(self.cfg.batch_size, gen)
+        if self.cfg.estimator.signs == "batch":
+            signs = ep.random_signs(1, gen).expand(self.cfg.batch_size)
+        else:
+            signs = ep.random_signs(self.cfg.batch_size, gen)
         per = self.cfg.batch_size // self.dist.world
         return signs[self.dist.rank * per:self.dist.rank * per + n]
 
@@ -203,6 +210,8 @@ class Trainer:
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         fast = self.precision.name == "fast" and self.device.type == "cuda"
         self.test_sampler.set_epoch(0)
+        self.sync_statistics()
+        self.net.eval()             # normalisation by the running statistics
         with precision_context(self.precision):
             for x, y in self.test_loader:
                 x, y = self._to_device(self.test_set, x, y)
@@ -214,6 +223,7 @@ class Trainer:
                     cost(self.cfg.estimator.cost, logits, y).double().sum(),
                     (top[:, 0] != y).double().sum(),
                     (~(top == y[:, None]).any(1)).double().sum()])
+        self.net.train()
         self.dist.sum([totals])
         n, loss, wrong1, wrongk = totals.tolist()
         return {"test_loss": loss / n, "test_top1_error": wrong1 / n,
@@ -232,9 +242,10 @@ class Trainer:
         x, y = fixed_batch(self.test_set, idx)
         x, y = self._to_device(self.test_set, x, y)
         s = cfg.estimator
-        ref, _, _ = ep.bp_gradients(self.net, x, y, s.cost, "strict")
-        est = ep.estimate(self.net, x, y, s, trace=False, accumulate=False, generator=gen,
-                          diagnostics=True)
+        with kept_statistics(self.net):         # a measurement: the running statistics stay
+            ref, _, _ = ep.bp_gradients(self.net, x, y, s.cost, "strict")
+            est = ep.estimate(self.net, x, y, s, trace=False, accumulate=False, generator=gen,
+                              diagnostics=True)
         rows = ep.compare(self.net, est.grads, ref)
         phases = est.trace.phases
         self._emit({"type": "probe", "epoch": self.epoch, "step": self.step,
@@ -258,9 +269,17 @@ class Trainer:
             self.callback(row)
 
     # -- checkpoints ---------------------------------------------------------------------------
+    def sync_statistics(self) -> None:
+        """Every process's running statistics (BatchNorm) become their mean over the processes,
+        so that evaluation and the checkpoint see one model (each process normalises by its own
+        slice of the batch in training, as DDP does without SyncBatchNorm)."""
+        stats = [b for b in self.net.buffers() if b.is_floating_point()]
+        self.dist.average(stats)
+
     def save(self) -> None:
         if self.tracker is not None:       # every event up to this step is on disk first
             self.tracker.flush()
+        self.sync_statistics()
         self.folder.checkpoint({
             "format": 1, "step": self.step, "epoch": self.epoch, "elapsed": self._elapsed(),
             "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),

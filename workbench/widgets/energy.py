@@ -123,7 +123,7 @@ class EnergyExplorer(Explorer):
         self.figures["change"].layout.title.text = f"largest state change max|Δh_k|, {name}"
         t = list(range(ph.switched.shape[0]))
         pooled = [k for k in shown if float(ph.pool_changed[:, k - 1].max()) > 0
-                  or self.lab.models[self.controls["model"].value].layers[k - 1].pool]
+                  or self.lab.models[self.controls["model"].value].wiring.nodes[k].pool]
         replace_traces(self.figures["switched"], [
             go.Scatter(x=t, y=ph.switched[:, k - 1].tolist(), mode="lines+markers",
                        name=f"layer {k}", legendgroup=f"layer {k}", xaxis="x", yaxis="y")

@@ -153,7 +153,8 @@ class Lab:
         net = self.models[model]
         sl = slice(index * self.batch_size, (index + 1) * self.batch_size)
         p = next(net.parameters())
-        return fit_input(self.x[sl], net.in_shape).to(p.device, self.dtype), self.y[sl].to(p.device)
+        x = self.x[sl] if net.in_shape is None else fit_input(self.x[sl], net.in_shape)
+        return x.to(p.device, self.dtype), self.y[sl].to(p.device)
 
     def estimate(self, model: str, batch: int, scheme: str, beta: float = 0.0,
                  iterations: int = 0, update: str = "mod_pgd", order: str = "async",

@@ -1,0 +1,336 @@
+"""Any PyTorch block as a PCN layer (docs/method.md §9): from_blocks, BatchNorm, resnet18, vit.
+Each test names its oracle; everything in float64 on the CPU."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from plain import plain_iteration
+from test_engine import small
+from workbench import ep, models
+from workbench.equilibrate import NudgedPhase, free_phase
+from workbench.precision import Precision
+
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks written here, as a user would
+# ---------------------------------------------------------------------------------------------
+class ResidualBN(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the identity: a residual block with BatchNorm."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+
+    def forward(self, h):
+        return h + self.body(h)
+
+
+class Tokens(nn.Module):
+    """(N, C, H, W) maps → (N, H·W, C) tokens, through a linear map."""
+
+    def __init__(self, c, dim):
+        super().__init__()
+        self.proj = nn.Linear(c, dim)
+
+    def forward(self, h):
+        return self.proj(h.flatten(2).transpose(1, 2))
+
+
+class Attention(nn.Module):
+    """Pre-norm self-attention with torch's own nn.MultiheadAttention, plus the identity."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+
+    def forward(self, x):
+        z = self.norm(x)
+        return x + self.attn(z, z, z, need_weights=False)[0]
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(),
+                                 nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        return x + self.mlp(x)
+
+
+class MeanHead(nn.Module):
+    def __init__(self, dim, classes):
+        super().__init__()
+        self.linear = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        return self.linear(x.mean(1))
+
+
+def chain(seed=0):
+    """conv (ReLU) | residual BN block (ReLU) | conv + pool (ReLU) | tokens, attention, GELU MLP
+    (identity) | head: a test-written chain of every kind of block."""
+    torch.manual_seed(seed)
+    blocks = [nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4)), ResidualBN(4),
+              nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.MaxPool2d(2)), Tokens(6, 8),
+              Attention(8), GeluMLP(8), MeanHead(8, 5)]
+    net = models.from_blocks(blocks, activations=["relu"] * 3 + ["identity"] * 4).to(F64)
+    g = torch.Generator().manual_seed(seed + 1)
+    return net, torch.rand(4, 2, 8, 8, dtype=F64, generator=g), torch.randint(0, 5, (4,),
+                                                                             generator=g)
+
+
+def general(name, seed, mode="train"):
+    if name == "chain":
+        net, x, y = chain(seed)
+    else:
+        kw = dict(width=4) if name == "resnet18" else dict(dim=16, depth=2, heads=2)
+        torch.manual_seed(seed)
+        net = models.build(name, num_classes=5, in_channels=3, image_size=16, **kw).to(F64)
+        g = torch.Generator().manual_seed(seed + 1)
+        x = torch.rand(4, 3, 16, 16, dtype=F64, generator=g)
+        y = torch.randint(0, 5, (4,), generator=g)
+    getattr(net, mode)()
+    return net, x, y
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,seed,mode", [("resnet18", 0, "train"), ("resnet18", 2, "eval"),
+                                            ("vit", 0, "train"), ("chain", 0, "train"),
+                                            ("chain", 0, "eval")])
+def test_ep_tends_to_backprop_per_parameter_with_the_expected_bias_order(name, seed, mode):
+    """Oracle: autograd backprop through the blocks' own forward (train-mode BatchNorm: the
+    batch's statistics, as BP in train mode) — per parameter tensor cosine ≥ 0.9999 at β = 1e-5
+    (≈ 0 where BP's is zero: a bias right before a train-mode BatchNorm),
+    and the log–log slope of the whole error between β = 1e-4, 3e-5 and 1e-5 is 1 for forward
+    and 2 for centered (±0.05). Precondition, asserted: every phase converged (state change
+    < 1e-13) — a unit inside a block within ~β of its ReLU kink makes the phase cycle instead
+    (docs/method.md §9); these seeds have none at these β."""
+    net, x, y = general(name, seed, mode)
+    bp = ep.estimate(net, x, y, scheme="bp", accumulate=False).grads
+    for scheme, order in (("forward", 1.0), ("centered", 2.0)):
+        errs = []
+        for beta in (1e-4, 3e-5, 1e-5):
+            est = ep.estimate(net, x, y, scheme=scheme, beta=beta, iterations=60,
+                              accumulate=False)
+            assert max(float(p.state_change[-1].max()) for p in est.trace.phases) < 1e-13
+            errs.append(ep.relative_error(est.grads, bp))
+        scale = math.sqrt(sum(float(r.pow(2).sum()) for r in bp.values()))
+        for n, g in est.grads.items():
+            if float(bp[n].norm()) < 1e-12 * scale:     # a bias that BatchNorm cancels: BP's
+                assert float(g.norm()) < 1e-6 * scale   # gradient is zero (rounding), EP's ≈ 0
+                continue
+            cos = float(torch.nn.functional.cosine_similarity(g.flatten(), bp[n].flatten(), 0))
+            assert cos >= 0.9999, (scheme, n, cos)
+        slopes = [math.log10(errs[0] / errs[1]) / math.log10(10 / 3),
+                  math.log10(errs[1] / errs[2]) / math.log10(3)]
+        assert all(abs(s - order) < 0.05 for s in slopes), (scheme, errs, slopes)
+
+
+@pytest.mark.parametrize("update", ["mod_pgd", "pgd"])
+@pytest.mark.parametrize("order", ["async", "sync"])
+def test_deviation_form_of_general_blocks_equals_the_plain_form(update, order):
+    """Oracle: the nudged dynamics written plainly on full states (tests/plain.py: E by
+    workbench.energy, Δ_k by autograd, an identity layer moving to a_k + Δ_k), with train-mode
+    BatchNorm inside: the engine's states h⁰ + d agree after every iteration, to 1e-12."""
+    net, x, y = chain(seed=3)
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    phase = NudgedPhase(net, free, y, torch.full((x.shape[0], 1), 0.2, dtype=F64), "ce",
+                        update, order)
+    states = [h.clone() for h in free.h]
+    for _ in range(5):
+        phase.step()
+        states = plain_iteration(net, states, y, 0.2, update, phase.sweeps)
+        for k in range(1, len(net.layers) + 1):
+            assert torch.allclose(phase.state(k), states[k], rtol=0, atol=1e-12), k
+
+
+@pytest.mark.parametrize("name", ["mlp", "vgg5"])
+def test_builtin_layers_written_as_torch_blocks_give_the_same_estimate(name):
+    """Oracle: the built-in engine (closed-form W d, Wᵀ g, g ⊗ h) — the same network written as
+    plain nn.Conv2d / nn.MaxPool2d / nn.Flatten + nn.Linear blocks through from_blocks
+    (models.as_blocks, weights copied) gives the same estimate, per layer within 1e-9 relative,
+    for every scheme, both update rules, clamping and α = 0.5."""
+    net, x, y = small(name, seed=2)
+    twin = models.as_blocks(net)
+    assert [n for n, _ in twin.named_parameters()][:2] in (
+        ["layers.0.0.weight", "layers.0.0.bias"], ["layers.0.1.weight", "layers.0.1.bias"])
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64)
+    cases = [dict(scheme=s, update=u) for s in (*ep.SCHEMES, "bp") for u in ("mod_pgd", "pgd")]
+    cases += [dict(scheme="centered", perturbation="clamp"), dict(scheme="centered",
+                                                                 step_size=0.5, order="sync")]
+    for kw in cases:
+        if kw["scheme"] == "random":
+            kw["signs"] = signs
+        if kw["scheme"] != "bp":
+            kw.update(beta=0.05, iterations=7)
+        a = ep.estimate(net, x, y, accumulate=False, **kw)
+        b = ep.estimate(twin, x, y, accumulate=False, **kw)
+        for k in range(1, len(net.layers) + 1):
+            ga = torch.cat([a.grads[f"layers.{k - 1}.weight"].flatten(),
+                            a.grads[f"layers.{k - 1}.bias"].flatten()])
+            gb = torch.cat([g.flatten() for n, g in b.grads.items()
+                            if n.startswith(f"layers.{k - 1}.")])
+            assert float((ga - gb).norm() / ga.norm()) <= 1e-9, (kw, k)
+        for pa, pb in zip(a.trace.phases, b.trace.phases):
+            assert torch.allclose(pa.total, pb.total, rtol=1e-9, atol=1e-14), kw
+    rows = ep.compare(twin, b.grads, b.grads)
+    assert [r["layer"] for r in rows] == list(range(1, len(net.layers) + 1))
+    assert {r["kind"] for r in rows} == {"block"}
+
+def test_running_statistics_move_once_per_estimate_like_one_forward_pass():
+    """Oracle: one forward pass of a copy of the network in train mode — after one estimate of
+    any scheme (centered: two nudged phases), every BatchNorm's running mean, variance and batch
+    count equal the copy's; in eval mode nothing moves; and the nudged phases themselves leave
+    the statistics alone (the free phase is their only update)."""
+    import copy
+    net, x, y = general("resnet18", 0)
+    for scheme in (*ep.SCHEMES, "bp"):
+        twin = copy.deepcopy(net)
+        twin(x)
+        kw = {} if scheme == "bp" else dict(beta=0.01, iterations=4)
+        if scheme == "random":
+            kw["signs"] = "batch"
+        ep.estimate(net, x, y, scheme=scheme, accumulate=False, **kw)
+        for (n, a), (_, b) in zip(net.named_buffers(), twin.named_buffers()):
+            assert torch.equal(a, b), (scheme, n)
+    counts = [int(b) for n, b in net.named_buffers() if n.endswith("num_batches_tracked")]
+    assert counts and set(counts) == {len(ep.SCHEMES) + 1}
+    net.eval()
+    before = [b.clone() for b in net.buffers()]
+    ep.estimate(net, x, y, scheme="centered", beta=0.01, iterations=4)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.buffers()))
+
+
+def test_random_signs_per_example_are_refused_where_batchnorm_couples_the_examples():
+    """Oracle: docs/method.md §9 — with train-mode BatchNorm the energy is not a sum over
+    examples, so per-example signs give no estimate: refused naming signs='batch'; per batch
+    it runs and equals the forward (or backward) scheme of that sign; eval mode accepts both."""
+    net, x, y = general("chain", 0)
+    with pytest.raises(ValueError, match="signs='batch'"):
+        ep.estimate(net, x, y, scheme="random", beta=0.01, iterations=3,
+                    signs=torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=F64))
+    same = torch.ones(4, dtype=F64)
+    rnd = ep.estimate(net, x, y, scheme="random", beta=0.01, iterations=3, signs=same,
+                      accumulate=False).grads
+    fwd = ep.estimate(net, x, y, scheme="forward", beta=0.01, iterations=3,
+                      accumulate=False).grads
+    assert all(torch.allclose(rnd[n], fwd[n], rtol=1e-12, atol=1e-15) for n in fwd)
+    net.eval()
+    ep.estimate(net, x, y, scheme="random", beta=0.01, iterations=3)
+
+
+def test_parameter_names_grads_and_frozen_parameters():
+    """Oracle: net.named_parameters() — the estimate's names are the blocks' own under their
+    layer, .grad is written for each (equal to est.grads), and a parameter with requires_grad
+    off gets no gradient from EP or BP (as autograd leaves it)."""
+    net, x, y = general("chain", 0)
+    frozen = net.layers[1].body[1].weight
+    frozen.requires_grad_(False)
+    for scheme in ("centered", "bp"):
+        for p in net.parameters():
+            p.grad = None
+        kw = {} if scheme == "bp" else dict(beta=0.01, iterations=3)
+        est = ep.estimate(net, x, y, scheme=scheme, **kw)
+        names = [n for n, p in net.named_parameters() if p.requires_grad]
+        assert list(est.grads) == names and "layers.4.attn.in_proj_weight" in names
+        assert "layers.1.body.1.weight" not in est.grads and frozen.grad is None
+        for n, p in net.named_parameters():
+            if p.requires_grad:
+                assert torch.equal(p.grad, est.grads[n]), n
+
+
+def test_shapes_come_from_the_first_batch_and_bad_blocks_are_named():
+    """Oracle: the blocks' own outputs — in_shape and num_classes are unknown until the first
+    batch and then its shapes; each bad block or argument is refused with a message that says
+    what was wrong."""
+    net, x, y = chain()
+    assert net.in_shape is None and net.num_classes is None
+    net(x)
+    assert net.in_shape == (2, 8, 8) and net.num_classes == 5
+
+    class Pair(nn.Module):
+        def forward(self, h):
+            return h, h
+
+    class Doubler(nn.Module):
+        def forward(self, h):
+            return torch.cat([h, h])
+
+    x = torch.rand(3, 4, dtype=F64)
+    y = torch.zeros(3, dtype=torch.long)
+    cases = [([nn.Linear(4, 4), Pair(), nn.Linear(4, 2)], {}, "returned a tuple"),
+             ([nn.Linear(4, 4), Doubler(), nn.Linear(4, 2)], {}, "changed the batch"),
+             ([nn.Linear(4, 3), nn.Linear(5, 2)], {}, "block 2 .Linear. failed"),
+             ([nn.Linear(4, 2), nn.Unflatten(1, (1, 2))], {}, r"\(N, classes\) logits")]
+    for blocks, kw, needle in cases:
+        net = models.from_blocks(blocks, **kw).to(F64)
+        with pytest.raises(ValueError, match=needle):
+            ep.estimate(net, x, y, scheme="centered", beta=0.1, iterations=2)
+    refused = [(([nn.Linear(4, 2)],), dict(activations="tanh"), "unknown activation 'tanh'"),
+               (([nn.Linear(4, 4), nn.Linear(4, 2)],), dict(activations=["relu", "relu"]),
+                "must be 'identity'"),
+               (([nn.Linear(4, 2)],), dict(activations=["relu", "identity"]), "one entry per"),
+               (([nn.Linear(4, 4), nn.Dropout(0.1), nn.Linear(4, 2)],), {}, "dropout p=0.1"),
+               (([nn.Linear(4, 4), 3],), {}, "block 2 is a int"), (([],), {}, "at least one"),
+               ((nn.Linear(4, 2),), {}, "a sequence of nn.Module")]
+    for args, kw, needle in refused:
+        with pytest.raises(ValueError, match=needle):
+            models.from_blocks(*args, **kw)
+
+
+def test_general_blocks_run_in_strict_precision_only():
+    """Oracle: docs/method.md §9 (a block's deviation is a difference of O(1) values) — fast
+    precision is refused with the reason, and auto resolves to strict on every device."""
+    net, x, y = general("vit", 0)
+    with pytest.raises(ValueError, match="built-in conv/dense layers"):
+        ep.estimate(net, x, y, precision="fast")
+    assert Precision.resolve("auto", torch.float32, "cuda", linear=False) == "strict"
+    assert Precision.resolve("auto", torch.float32, "cuda") == "fast"
+    assert models.general("resnet18") and models.general("vit") and not models.general("vgg5")
+
+
+def test_diagnostics_count_switched_units_of_general_relu_layers():
+    """Oracle: an explicit forward pass of each block on the nudged states — the fraction of a
+    ReLU layer's pre-activations whose sign differs from the free state's equals the trace's
+    last row (a large β, so that units do switch); identity layers report 0."""
+    net, x, y = general("chain", 0)
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    phase = NudgedPhase(net, free, y, torch.full((4, 1), 3.0, dtype=F64), "ce")
+    tr = phase.run(4, diagnostics=True)
+    states = [phase.state(k) for k in range(len(net.layers) + 1)]
+    from workbench.blocks import frozen_statistics
+    with frozen_statistics(net), torch.no_grad():
+        for k, act in enumerate(net.activations, start=1):
+            a = net.layers[k - 1](states[k - 1])
+            want = float(((a > 0) != (free.a[k] > 0)).double().mean()) if act == "relu" else 0.0
+            assert abs(float(tr.switched[-1, k - 1]) - want) < 1e-12, k
+    assert float(tr.switched[-1].max()) > 0 and float(tr.pool_changed.abs().max()) == 0
+
+
+def test_resnet18_and_vit_shapes_parameters_and_registry():
+    """Oracles: torchvision's ResNet-18 parameter count (11,689,512 at 224 px with 1000
+    classes: its stem, stages and head), the CIFAR stem below 64 px, and the ViT's token
+    shapes by construction."""
+    net = models.build("resnet18", num_classes=1000, in_channels=3, image_size=224)
+    assert sum(p.numel() for p in net.parameters()) == 11_689_512
+    assert len(net.layers) == 10 and net.activations == ("relu",) * 9 + ("identity",)
+    assert isinstance(net.layers[0][2], nn.MaxPool2d)
+    small_net = models.build("resnet18", num_classes=10, in_channels=3, image_size=32, width=8)
+    assert small_net.layers[0][0].kernel_size == (3, 3) and len(small_net.layers[0]) == 2
+    assert models.default_image_size("resnet18") == 32 == models.default_image_size("vit")
+    v = models.build("vit", num_classes=10, in_channels=3, image_size=32, patch=4, dim=16,
+                     depth=3, heads=2)
+    states = v.free_states(torch.rand(2, 3, 32, 32))
+    assert [tuple(s.shape) for s in states[1:]] == [(2, 64, 16)] * 4 + [(2, 10)]
+    assert v.activations == ("identity",) * 5
+    with pytest.raises(ValueError, match="multiple of patch"):
+        models.build("vit", num_classes=10, in_channels=3, image_size=30)
