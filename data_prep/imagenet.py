@@ -45,6 +45,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from workbench.files import DamagedFileError, read_json
+
 from .files import (EXPECTED, PrepError, count_problems, remove_stale_temporaries,
                     report_counts, write_atomic)
 
@@ -345,7 +347,8 @@ def _check_dest(dest: Path, plan: Plan, settings: dict) -> None:
                                 f"choose a --dest outside the source")
     stored = dest / PROGRESS / SETTINGS
     if stored.is_file():
-        old = json.loads(stored.read_text())
+        old = read_json(stored, "the settings of an earlier preparation",
+                        f"Delete {dest / PROGRESS} to prepare {dest} again from the start")
         if old != settings:
             raise PrepError(f"{dest} was prepared with {old}, not {settings}: use the same "
                             f"settings to resume, or another --dest")
@@ -380,7 +383,8 @@ def is_done(dest: Path, job: Job) -> bool:
         return False
     folder = Path(dest) / job.split / job.wnid
     present = {e.name for e in os.scandir(folder)} if folder.is_dir() else set()
-    return set(json.loads(marker.read_text())["files"]) <= present
+    return set(read_json(marker, "a class's record", "Delete it to prepare that class "
+                         "again")["files"]) <= present
 
 
 def _write_manifest(dest: Path, plan: Plan, settings: dict) -> dict[str, int]:
@@ -390,7 +394,8 @@ def _write_manifest(dest: Path, plan: Plan, settings: dict) -> dict[str, int]:
     for split in SPLITS:
         classes = {}
         for marker in sorted((dest / PROGRESS / split).glob("*.json")):
-            wnid, record = marker.stem, json.loads(marker.read_text())
+            wnid, record = marker.stem, read_json(marker, "a class's record",
+                                                  "Delete it to prepare that class again")
             listing = [f"{sha}  {split}/{wnid}/{name}"
                        for name, sha in sorted(record["files"].items())]
             lines += listing
@@ -465,9 +470,13 @@ def main(argv: list[str] | None = None) -> int:
             raise PrepError(f"--workers must be at least 1, got {args.workers}")
         return prepare(args.source, args.dest, resize=args.resize, quality=args.quality,
                        workers=args.workers, splits=splits, allow_partial=args.allow_partial)
-    except PrepError as e:
+    except (PrepError, DamagedFileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:            # WriteError (a full disk: the file named) or the OS's own
+        print(f"error: {e}; what was written is complete: run the same command again to "
+              f"continue once the cause is fixed", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     except PrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:            # WriteError (a full disk: the file named) or the OS's own
+        print(f"error: {e}; the files written are complete: run the same command again once "
+              f"the cause is fixed", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

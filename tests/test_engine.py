@@ -365,7 +365,7 @@ def test_api_errors_for_inputs_and_models():
         ep.estimate(net, x[:0], y[:0])
     with pytest.raises(ValueError, match="conv_fan must be 'fan_in' or 'fan_out'"):
         models.build("vgg5", num_classes=10, in_channels=1, image_size=32, conv_fan="fanout")
-    with pytest.raises(ValueError, match="available: mlp, vgg10, vgg10skip, vgg5"):
+    with pytest.raises(ValueError, match="available: mlp, resnet18, vgg10, vgg10skip, vgg5, vit"):
         models.build("resnet50")
     with pytest.raises(ValueError, match="overrides accepted"):
         models.build("vgg5", num_classes=10, in_channels=1, image_size=32, widths=(3,))

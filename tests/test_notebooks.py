@@ -54,7 +54,7 @@ def test_committed_notebooks_are_stripped_and_parameterised():
     assert [p.name for p in ALL] == ["00_ep_tutorial.ipynb", "01_equilibration_dynamics.ipynb",
                                      "02_gradient_bias.ipynb", "03_train.ipynb",
                                      "04_imagenet_vgg10.ipynb", "05_compare_runs.ipynb",
-                                     "06_paper_results.ipynb"]
+                                     "06_paper_results.ipynb", "07_your_model.ipynb"]
     nbstripout = Path(sys.prefix, "bin", "nbstripout")
     verify = subprocess.run([str(nbstripout), "--verify", *map(str, ALL)], capture_output=True,
                             text=True)
@@ -132,6 +132,25 @@ def test_imagenet_notebook_runs_the_recipe_and_resumes(execute, tmp_path):
     assert f"resuming the run in {run_dir}" in second
     assert (run_dir / "metrics.jsonl").read_text() == metrics
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.slow
+def test_your_model_notebook_checks_ep_against_bp_and_trains_the_blocks(execute, tmp_path):
+    """oracles: the notebook's own assert (per-layer cosine of EP with BP > 0.999 in float64)
+    and the run folder the training loop writes for the registered model (its config names
+    it; BatchNorm running statistics in the checkpoint moved away from their initial values)."""
+    import torch
+    run_dir = tmp_path / "run"
+    text = execute("07_your_model.ipynb", dataset=real_or_synthetic(), check_batch=4,
+                   iterations=3, batch_size=16, limit_train=64, limit_test=32,
+                   run_dir=str(run_dir))
+    assert "centered EP, β = 1e-05, K = 60, float64" in text and "Attention   identity" in text
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["config"]["model"] == "your-model"
+    assert summary["config"]["estimator"]["precision"] == "strict"
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert float(state["layers.0.1.running_mean"].abs().max()) > 0
+    assert f"test top-1 error {summary['test_top1_error']:.4f}" in text
 
 
 @pytest.fixture(scope="module")

@@ -295,7 +295,7 @@ def test_explicit_values_override_a_preset_and_bad_input_is_refused():
     cfg = TrainConfig(preset="vgg5-cifar10-ce", lr=0.5, beta=0.1, epochs=3)
     assert (cfg.lr, cfg.estimator.beta, cfg.epochs, cfg.batch_size) == (0.5, 0.1, 3, 64)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg           # config.json round trip
-    with pytest.raises(ValueError, match="unknown preset 'vgg7'; accepted: vgg10-imagenet"):
+    with pytest.raises(ValueError, match="unknown preset 'vgg7'; accepted: resnet18-cifar10, resnet18-imagenet, vgg10-imagenet"):
         TrainConfig(preset="vgg7")
     with pytest.raises(ValueError, match="preset 'vgg5-cifar10-ce' is for dataset 'cifar10'; "
                                          "got dataset 'mnist'"):

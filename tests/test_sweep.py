@@ -314,7 +314,7 @@ def test_notebooks_mode_keeps_the_executed_notebook(tmp_path, data):
 #: points per sweep, counted by hand from each grid (paper size, small variant)
 SIZES = {"fig1": (6 * 4 + 4, 3 * 4 + 2), "fig2": (7 * 6, 6 * 5), "fig3": (2 * 2, 2 * 2),
          "fig4": (5 * 2, 3 * 2), "fig5": (3 * 3 * 2, 3 * 3 * 2), "table1": (8 * 2 * 3, 2 * 2 * 2),
-         "table2": (5, 5), "table3": (3 * 3 * 3, 3 * 3 + 3)}
+         "table2": (5, 5), "table3": (3 * 3 * 3, 3 * 3 + 3), "resnet18": (6 * 3, 2 * 2 * 3)}
 
 
 def test_every_experiment_of_the_paper_has_a_sweep_and_a_small_variant(tmp_path):

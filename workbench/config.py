@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import data, flags, models
+from .files import read_json
 from .flags import option
 from .presets import PRESETS, preset_values
 from .settings import SCHEMES, EstimatorSettings
@@ -253,6 +254,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     saved = Path(given.get("run_dir") or "") / "config.json"
     if not (given.get("resume") and saved.is_file()):
         return TrainConfig.from_dict(given)
-    base = saved_config(json.loads(saved.read_text()))
+    base = saved_config(read_json(saved, "the run's config", "Restore it from a backup, or "
+                                  "start the run again in a new --run-dir"))
     est = {**base.pop("estimator", {}), **given.pop("estimator", {})}
     return TrainConfig.from_dict({**base, **given, "estimator": est})

@@ -47,6 +47,15 @@ PRESETS["vgg10-imagenet"] = dict(
 # §5.5: VGG10Skip, the same recipe (VGG10 plus skips 2→5 and 5→8)
 PRESETS["vgg10skip-imagenet"] = dict(PRESETS["vgg10-imagenet"], model="vgg10skip")
 
+# Beyond the paper (docs/method.md §9; not the paper's recipes): resnet18 and vit with the
+# paper's recipe for their data — CIFAR-10: VGG5's CE recipe (Table 7) with K = 10 (≈ the number
+# of layers, the paper's rule of thumb); ImageNet: VGG10's (Table 8). The random scheme needs
+# one sign per batch where BatchNorm couples the examples (signs: batch).
+PRESETS["resnet18-cifar10"] = _vgg5("cifar10", "ce", model="resnet18", iterations=10,
+                                    signs="batch")
+PRESETS["resnet18-imagenet"] = dict(PRESETS["vgg10-imagenet"], model="resnet18", signs="batch")
+PRESETS["vit-cifar10"] = _vgg5("cifar10", "ce", model="vit", iterations=6)
+
 #: test error (%) the paper reports for a recipe, EP (centered) / BP: Table 1 (mean of 3 seeds;
 #: top-1, and top-5 where given) and Table 2 (VGG10, top-1 / top-5)
 PAPER_ERRORS = {
@@ -59,6 +68,8 @@ PAPER_ERRORS = {
     "vgg5-fashion-mnist-ce": "not in the paper", "vgg5-fashion-mnist-mse": "not in the paper",
     "vgg10-imagenet": "EP centered 33.81 / 13.23, EP random 34.73 / 14.02, BP 32.35 / 12.20",
     "vgg10skip-imagenet": "EP centered 33.92 / 13.32, BP 32.40 / 12.1",
+    "resnet18-cifar10": "not in the paper", "resnet18-imagenet": "not in the paper",
+    "vit-cifar10": "not in the paper",
 }
 
 

@@ -20,7 +20,7 @@ from .presets import PAPER_TABLE1, PAPER_TABLE2
 from .settings import EstimatorSettings
 
 __all__ = ["EXPERIMENTS", "method", "fig1", "fig2", "fig3", "fig4", "fig5", "table1", "table2",
-           "table3", "html_table", "mean_curve"]
+           "table3", "by_model", "html_table", "mean_curve"]
 
 MARGIN = dict(t=50, b=40, l=50, r=10)
 
@@ -246,6 +246,22 @@ def table3(runs: Sequence[R.Run]) -> list:
                            "Fig. 7: test error per epoch (mean over seeds)")]
 
 
+def by_model(runs: Sequence[R.Run]) -> list:
+    """Models beyond the paper (resnet18, vit; docs/method.md §9): final top-1 / top-5, mean ±
+    sd over seeds, per dataset × model × algorithm, and the test error curves."""
+    rows = []
+    key = (lambda r: (r.config.get("dataset"), r.config.get("model"), method(r)))
+    for (ds, model, alg), members in _groups(runs, key).items():
+        done = _done(members)
+        m1, s1, n = _summary(done)
+        m5, s5, _ = _summary(done, "test_top5_error")
+        rows.append([ds, model, alg, f"{n}/{len(members)}", _pct(m1, s1, n), _pct(m5, s5, n)])
+    table = html_table(["dataset", "model", "algorithm", "finished", "top-1 %", "top-5 %"], rows,
+                       "final test error, mean ± sd over seeds")
+    return [table, _curves(runs, ["model"], ["test_top1_error"],
+                           "test error per epoch (EP solid, BP dashed)")]
+
+
 #: sweep name (without ``-small``) → (title, drawing function, what the paper reports)
 EXPERIMENTS: dict[str, tuple[str, Callable, Optional[str]]] = {
     "fig1": ("Fig. 1: perturbation × estimator", fig1,
@@ -268,4 +284,6 @@ EXPERIMENTS: dict[str, tuple[str, Callable, Optional[str]]] = {
                "diverged on CIFAR-10 near epoch 50 (every seed); mod-PGD is slightly but "
                "consistently better on CIFAR-100 and ImageNet32. The table's numbers are not "
                "in the text this workbench was built from."),
+    "resnet18": ("Beyond the paper: ResNet-18 with BatchNorm (and a ViT), EP vs BP", by_model,
+                 None),
 }

@@ -6,9 +6,14 @@
   fsync, ``os.replace``), so a kill at any moment leaves the previous checkpoint or the new one,
   never a torn file. It records the length of ``metrics.jsonl`` at that moment: resuming
   truncates the lines written after it, which the resumed run writes again.
+* ``checkpoint.prev.pt`` — the checkpoint before it: a resume whose ``checkpoint.pt`` cannot be
+  read (truncated by a copy, a storage fault) falls back to it with a warning, and still ends
+  where the uninterrupted run ends (the run is a pure function of its checkpoint).
 * ``summary.json`` — written at the end (or when the run stops on a non-finite value).
 
-Only the process that owns the folder (rank 0) writes; every process may read.
+A write that fails (a full disk) raises :class:`~workbench.files.WriteError` naming the file;
+what was written before stays as it was. Only the process that owns the folder (rank 0) writes;
+every process may read.
 """
 from __future__ import annotations
 
@@ -16,29 +21,52 @@ import json
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from .files import remove_stale_temporaries, write_atomic
+from .files import (DamagedFileError, WriteError, append_bytes, read_json,
+                    remove_stale_temporaries, write_atomic)
 
-__all__ = ["RunFolder", "config_diff", "atomic_write", "hardware", "cpu_name", "git_commit"]
+__all__ = ["RunFolder", "config_diff", "atomic_write", "load_checkpoint", "hardware", "cpu_name",
+           "git_commit", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", \
     "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+#: what every checkpoint holds (besides what the trainer adds)
+CHECKPOINT_KEYS = ("step", "epoch", "model", "optimizer", "metrics_bytes")
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, previous: Optional[Path] = None) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it, rename it over ``path``
-    (:func:`workbench.files.write_atomic`, which removes the temp file on failure),
-    then fsync the folder so that the rename itself survives a crash."""
-    write_atomic(path, write)
-    fd = os.open(path.parent, os.O_RDONLY)
+    (:func:`workbench.files.write_atomic`, which removes the temp file on failure and keeps the
+    old version as ``previous`` when given), then fsync the folder so that the renames
+    themselves survive a crash."""
+    write_atomic(path, write, previous)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise WriteError.wrap(path.parent, e) from e
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint file's content; :class:`DamagedFileError` naming it and what is wrong."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:          # torch's zip reader, unpickler or the OS: all mean damaged
+        raise DamagedFileError(path, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") \
+            from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DamagedFileError(path, f"not a checkpoint of this workbench (no {missing})")
+    return ckpt
 
 
 def _json_bytes(obj) -> bytes:
@@ -91,7 +119,9 @@ class RunFolder:
         if not cfg_file.is_file():
             raise ValueError(f"cannot resume: {cfg_file} does not exist (start the run "
                              f"without --resume, or point --run-dir at an existing run)")
-        saved = json.loads(cfg_file.read_text())
+        saved = read_json(cfg_file, "the run's config", "Restore it from a backup, or start "
+                          "the run again in a new --run-dir (the checkpoint cannot be resumed "
+                          "without it)")
         if normalise is not None:
             saved = normalise(saved)
         diff = config_diff(saved, config, ignore)
@@ -99,9 +129,37 @@ class RunFolder:
             raise ValueError(f"cannot resume {self.path}: its config differs from this one "
                              f"(saved → now):\n  " + "\n  ".join(diff) +
                              "\nResume with the saved values, or start a new --run-dir.")
-        if not ckpt_file.is_file():
-            return None
-        return torch.load(ckpt_file, map_location="cpu", weights_only=True)
+        return self.latest_checkpoint()
+
+    def latest_checkpoint(self) -> Optional[dict]:
+        """The newest readable checkpoint: ``checkpoint.pt``, else (with a warning naming the
+        damaged or missing file) ``checkpoint.prev.pt``; None if the run has none.
+        :class:`DamagedFileError` when every checkpoint there is damaged."""
+        ckpt_file, prev_file = self.file(CHECKPOINT), self.file(PREVIOUS_CHECKPOINT)
+        damage = None
+        if ckpt_file.is_file():
+            try:
+                return load_checkpoint(ckpt_file)
+            except DamagedFileError as e:
+                damage = e
+        if not prev_file.is_file():
+            if damage is None:
+                return None
+            raise DamagedFileError(ckpt_file, damage.what,
+                                   f"No earlier checkpoint is kept in {self.path}: restore "
+                                   f"{CHECKPOINT} from a backup, or start the run again in a new "
+                                   f"--run-dir")
+        try:
+            ckpt = load_checkpoint(prev_file)
+        except DamagedFileError as e:
+            raise DamagedFileError(prev_file, e.what,
+                                   f"and so is {CHECKPOINT} ({damage}): restore one from a "
+                                   f"backup, or start the run again in a new --run-dir") from None
+        why = f"{damage}" if damage is not None else f"{ckpt_file} is missing"
+        warnings.warn(f"{why}; resuming from the previous checkpoint {prev_file} (step "
+                      f"{ckpt['step']}): the steps after it are run again", RuntimeWarning,
+                      stacklevel=2)
+        return ckpt
 
     def open(self, config: dict, checkpoint: Optional[dict]) -> None:
         """Start writing: ``config.json`` for a new run; ``metrics.jsonl`` cut back to the
@@ -111,36 +169,49 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)              # of a write that a kill interrupted
         if not self.file(CONFIG).exists():
-            atomic_write(self.file(CONFIG), lambda f: f.write(_json_bytes(config)))
+            atomic_write(self.file(CONFIG), _json_bytes(config))
         metrics = self.file(METRICS)
         keep = checkpoint["metrics_bytes"] if checkpoint is not None else 0
-        if metrics.exists() and metrics.stat().st_size > keep:
-            with open(metrics, "r+b") as f:
-                f.truncate(keep)
-        self._metrics = open(metrics, "ab")
+        try:
+            if metrics.exists() and metrics.stat().st_size > keep:
+                with open(metrics, "r+b") as f:
+                    f.truncate(keep)
+            self._metrics = open(metrics, "ab")
+        except OSError as e:
+            raise WriteError.wrap(metrics, e) from e
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, row: dict) -> None:
         if self.writer:
-            self._metrics.write((json.dumps(row) + "\n").encode())
-            self._metrics.flush()
+            append_bytes(self._metrics, self.file(METRICS), (json.dumps(row) + "\n").encode())
 
     def checkpoint(self, state: dict) -> None:
-        """Write ``state`` (plus the current length of ``metrics.jsonl``) atomically."""
+        """Write ``state`` (plus the current length of ``metrics.jsonl``) atomically, keeping
+        the checkpoint before it as ``checkpoint.prev.pt``."""
         if not self.writer:
             return
-        self._metrics.flush()
-        os.fsync(self._metrics.fileno())
+        try:
+            self._metrics.flush()
+            os.fsync(self._metrics.fileno())
+        except OSError as e:
+            raise WriteError.wrap(self.file(METRICS), e) from e
         state = dict(state, metrics_bytes=self._metrics.tell())
-        atomic_write(self.file(CHECKPOINT), lambda f: torch.save(state, f))
+        atomic_write(self.file(CHECKPOINT), lambda f: torch.save(state, f),
+                     previous=self.file(PREVIOUS_CHECKPOINT))
 
     def summary(self, summary: dict) -> None:
         if self.writer:
-            atomic_write(self.file(SUMMARY), lambda f: f.write(_json_bytes(summary)))
+            atomic_write(self.file(SUMMARY), _json_bytes(summary))
 
     def close(self) -> None:
+        """Close ``metrics.jsonl``. Every line was flushed when it was appended, so only the
+        remains of an append that already failed (and raised) can fail to be written here;
+        they are dropped (a resume cuts the file back to its checkpoint's length anyway)."""
         if self._metrics is not None:
-            self._metrics.close()
+            try:
+                self._metrics.close()
+            except OSError:
+                pass
             self._metrics = None
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from .files import read_json
+
 __all__ = ["Run", "find_runs", "read_state", "flat_config", "differing", "aggregate", "grid",
            "METRICS", "value_label"]
 
@@ -36,7 +38,7 @@ def read_state(folder: Path, total: Optional[int] = None,
     out = {"epochs": epochs, "of": total, "error": None}
     summary = folder / "summary.json"
     if summary.is_file():
-        s = json.loads(summary.read_text())
+        s = read_json(summary, "the run's summary")
         if s.get("status") == "completed":
             return {**out, "state": "done", "test_top1_error": s.get("test_top1_error")}
         return {**out, "state": "failed", "error": s.get("message") or s.get("status")}
@@ -113,7 +115,7 @@ class Run:
              sweep: Optional[str] = None) -> "Run":
         folder = Path(folder)
         saved = folder / "config.json"
-        cfg = json.loads(saved.read_text()) if saved.is_file() else dict(config or {})
+        cfg = read_json(saved, "the run's config") if saved.is_file() else dict(config or {})
         rows = _rows(folder)
         return cls(folder, name or folder.name, cfg, rows,
                    read_state(folder, cfg.get("epochs"), rows), sweep)
@@ -143,7 +145,8 @@ def _find(path: Path) -> Iterable[Run]:
                                 f"folders holding them)")
     plan = path / "plan.json"
     if plan.is_file():
-        spec = json.loads(plan.read_text())
+        spec = read_json(plan, "a sweep's plan", "Run `workbench sweep FILE.yaml --dry-run` "
+                         "to write it again")
         for point in spec["points"]:
             yield Run.load(path / point["name"], point["name"], point["config"], spec["name"])
         return

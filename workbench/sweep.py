@@ -63,7 +63,7 @@ from typing import Optional
 import yaml
 
 from .config import RESUMABLE, TrainConfig, saved_config
-from .files import write_atomic
+from .files import read_json, write_atomic
 from .runfolder import CONFIG, SUMMARY, config_diff
 from .runs import ERROR_FILE, flat_config, read_state
 from .settings import EstimatorSettings
@@ -306,8 +306,8 @@ def _check_folder(p: Point, file: str) -> None:
     if not saved.is_file():
         return
     try:
-        old = saved_config(json.loads(saved.read_text()))
-    except (ValueError, json.JSONDecodeError) as e:
+        old = saved_config(read_json(saved, "the run's config"))
+    except ValueError as e:
         raise SweepError(f"{file}: point {p.name!r}: its run folder {p.folder} cannot be "
                          f"resumed: {e}") from None
     diff = config_diff(old, _comparable(p.config, old), RESUMABLE)

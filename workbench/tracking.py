@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
+from .files import WriteError
 from .runs import flat_config
 
 __all__ = ["Tracker", "scalars", "hparams", "TENSORBOARD_DIR"]
@@ -80,22 +82,35 @@ class Tracker:
             if resume_step is None and logdir.exists():
                 shutil.rmtree(logdir)
             _after_existing_files(logdir)
+            _quiet_writer_threads()
             # events of the killed attempt after the checkpoint's step are hidden; everything
             # at or before it was written (and flushed) before the checkpoint
             self.tb = SummaryWriter(str(logdir), flush_secs=30,
                                     purge_step=None if resume_step is None else resume_step + 1)
 
+    def _tensorboard(self, write) -> None:
+        """``write(writer)`` on the event file; a failure (the writer's thread reports a full
+        disk at the next call) is a :class:`~workbench.files.WriteError` naming the file."""
+        if self.tb is None:
+            return
+        try:
+            write(self.tb)
+        except Exception as e:
+            raise WriteError.wrap(self._event_file(), e) from e
+
+    def _event_file(self) -> Path:
+        files = sorted(Path(self.tb.log_dir).glob("events.out.tfevents.*"),
+                       key=lambda p: p.stat().st_mtime)
+        return files[-1] if files else Path(self.tb.log_dir)
+
     def log(self, row: dict) -> None:
         values, step = scalars(row), int(row.get("step", 0))
-        if self.tb is not None:
-            for tag, v in values.items():
-                self.tb.add_scalar(tag, v, step)
+        self._tensorboard(lambda tb: [tb.add_scalar(tag, v, step) for tag, v in values.items()])
         if self.wb is not None and values:
             self.wb.log(values, step=step)
 
     def flush(self) -> None:
-        if self.tb is not None:
-            self.tb.flush()
+        self._tensorboard(lambda tb: tb.flush())
 
     def finish(self, summary: dict) -> None:
         """The run ended: its hyper-parameters with the final and best test errors."""
@@ -105,21 +120,42 @@ class Tracker:
         if self.tb is not None and summary.get("status") == "completed":
             from torch.utils.tensorboard.summary import hparams as hp_summary
             exp, ssi, sei = hp_summary(hparams(self.config), metrics)
-            writer = self.tb.file_writer
-            for s in (exp, ssi, sei):
-                writer.add_summary(s)
-            for k, v in metrics.items():
-                self.tb.add_scalar(k, v, int(summary.get("steps", 0)))
+
+            def write(tb):
+                for s in (exp, ssi, sei):
+                    tb.file_writer.add_summary(s)
+                for k, v in metrics.items():
+                    tb.add_scalar(k, v, int(summary.get("steps", 0)))
+            self._tensorboard(write)
         if self.wb is not None:
             self.wb.summary.update({k.split("/", 1)[1]: v for k, v in metrics.items()})
 
     def close(self) -> None:
         if self.tb is not None:
-            self.tb.close()
-            self.tb = None
+            try:
+                self._tensorboard(lambda tb: tb.close())
+            finally:
+                self.tb = None
         if self.wb is not None:
             self.wb.finish()
             self.wb = None
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard's writer thread re-raises a failed write (a full disk) in the next call on
+    the writer, where :class:`Tracker` reports it as one line; keep threading's default hook
+    from also printing the thread's traceback. Other threads are reported as before."""
+    from tensorboard.summary.writer import event_file_writer
+    writer_thread = getattr(event_file_writer, "_AsyncWriterThread", None)
+    previous = threading.excepthook
+    if writer_thread is None or getattr(previous, "workbench_quiet", False):
+        return
+
+    def hook(args):
+        if not isinstance(args.thread, writer_thread):
+            previous(args)
+    hook.workbench_quiet = True
+    threading.excepthook = hook
 
 
 def _after_existing_files(logdir: Path) -> None:

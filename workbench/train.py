@@ -40,6 +40,7 @@ from .data.loader import EpochBatches, fixed_batch, make_loader, mix_seed
 from .energy import cost
 from .precision import Precision, precision_context
 from .progress import Progress
+from .files import WriteError
 from .runfolder import CHECKPOINT, RunFolder, git_commit, hardware
 from .tracking import Tracker
 
@@ -316,10 +317,26 @@ class Trainer:
         except NonFiniteError as e:
             self._finish("non_finite", str(e))
             raise
+        except WriteError as e:
+            raise e.with_advice(self._kept()) from None
         finally:
             self.folder.close()
             if self.tracker is not None:
-                self.tracker.close()
+                try:
+                    self.tracker.close()
+                except WriteError:
+                    if sys.exc_info()[0] is None:     # not while another error is on its way
+                        raise
+
+    def _kept(self) -> str:
+        """What a failed write leaves: the last complete checkpoint, and how to continue."""
+        ckpt = self.folder.file(CHECKPOINT)
+        if ckpt.exists():
+            kept = f"the last complete checkpoint is intact: {ckpt}"
+        else:
+            kept = "no checkpoint had been written yet"
+        return (f"{kept}; fix the cause (free space on {self.folder.path}) and run again with "
+                f"--resume")
 
     def _run_epoch(self, epoch: int) -> None:
         cfg, spe = self.cfg, self.steps_per_epoch
@@ -417,9 +434,9 @@ def run(config, callback: Optional[Callable[[dict], None]] = None) -> dict:
 def main(args: argparse.Namespace) -> int:
     try:
         summary = run(config_from_args(args))
-    except (ValueError, FileNotFoundError, NonFiniteError) as e:
+    except (ValueError, FileNotFoundError, NonFiniteError, WriteError) as e:
         print(f"workbench train: error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, NonFiniteError) else 2
+        return 1 if isinstance(e, (NonFiniteError, WriteError)) else 2
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run folder: {summary['run_dir']}\ntest top-1 error "
               f"{summary['test_top1_error']:.4f}, top-5 {summary['test_top5_error']:.4f}, "

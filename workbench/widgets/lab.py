@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ep, models
+from ..blocks import couples_examples
 from ..data import synthetic
 from ..energy import check_cost
 
@@ -90,19 +90,21 @@ def load_run(run_dir: str, n: int = 256):
     :class:`~workbench.train.TrainConfig`, and test images as the run saw them.
     """
     from .. import train
-    from ..runfolder import CHECKPOINT, CONFIG
+    from ..files import read_json
+    from ..runfolder import CHECKPOINT, CONFIG, PREVIOUS_CHECKPOINT, RunFolder
     folder = Path(run_dir)
     missing = [name for name in (CONFIG, CHECKPOINT) if not (folder / name).is_file()]
+    if CHECKPOINT in missing and (folder / PREVIOUS_CHECKPOINT).is_file():
+        missing.remove(CHECKPOINT)
     if missing:
         raise ValueError(f"{folder} is not a training run folder with a checkpoint: "
                          f"{' and '.join(missing)} missing (a run of `workbench train` or "
                          f"notebooks/03_train.ipynb writes both)")
-    cfg = train.TrainConfig.from_dict(json.loads((folder / CONFIG).read_text()))
+    cfg = train.TrainConfig.from_dict(read_json(folder / CONFIG, "the run's config"))
     cfg = dataclasses.replace(cfg, download=False)
     test, = train.build_datasets(cfg, ("test",))
     net = train.build_model(cfg, test)
-    state = torch.load(folder / CHECKPOINT, map_location="cpu", weights_only=True)
-    net.load_state_dict(state["model"])
+    net.load_state_dict(RunFolder(folder, writer=False).latest_checkpoint()["model"])
     return net, cfg, examples(test, n)
 
 
@@ -168,6 +170,8 @@ class Lab:
             x, y = self.batch(model, batch)
             if scheme == "random":
                 kw["generator"] = torch.Generator().manual_seed(self.seed)
+                if couples_examples(self.models[model]):     # train-mode BatchNorm: one sign
+                    kw["signs"] = "batch"                    # per batch (docs/method.md §9)
             self.engine_calls += 1
             self._estimates[key] = ep.estimate(self.models[model], x, y, scheme=scheme,
                                                cost=self.cost, accumulate=False,
