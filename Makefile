@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast run gradcheck nbdime strip-notebooks check-notebooks clean
+.PHONY: install test test-fast run gradcheck mutation nbdime strip-notebooks check-notebooks clean
 
 install: $(STAMP)
 
@@ -44,6 +44,14 @@ strip-notebooks: install
 
 check-notebooks: install
 	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
+
+# Mutation testing of the engine (docs/mutation.md; not in CI: about two hours on 2 cores).
+# One thread per process: mutmut forks its workers from a process that ran torch.
+mutation: install
+	$(PY) -m pip install -q -c constraints.txt 'mutmut==3.8.1'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2
+	mkdir -p runs && $(VENV)/bin/mutmut results --all true > runs/mutation-results.txt || true
 
 gradcheck: install
 	$(VENV)/bin/workbench gradcheck --model mlp --scheme centered --beta 0.0001 --iterations 20

@@ -334,3 +334,17 @@ def test_resnet18_and_vit_shapes_parameters_and_registry():
     assert v.activations == ("identity",) * 5
     with pytest.raises(ValueError, match="multiple of patch"):
         models.build("vit", num_classes=10, in_channels=3, image_size=30)
+
+
+def test_identity_layers_with_a_step_size_reach_the_closed_form_fixed_point():
+    """Oracle: the fixed point of the α = 1 updates (docs/method.md §2, App. A.1): a vit (every
+    hidden layer the identity, h ← (1 − α) h + α (a + Δ)) with α = 0.5 iterated to convergence
+    gives the α = 1 estimate to 1e-9; after 3 iterations it has not got there (> 1e-2)."""
+    net, x, y = general("vit", 0)
+    kw = dict(scheme="centered", beta=0.01, accumulate=False)
+    one = ep.estimate(net, x, y, iterations=100, **kw)
+    half = ep.estimate(net, x, y, iterations=200, step_size=0.5, **kw)
+    assert max(float(p.state_change[-1].max()) for p in half.trace.phases) < 1e-13
+    assert ep.relative_error(half.grads, one.grads) < 1e-9
+    early = ep.estimate(net, x, y, iterations=3, step_size=0.5, **kw)
+    assert ep.relative_error(early.grads, one.grads) > 1e-2

@@ -327,6 +327,11 @@ def test_vgg5_architecture():
         (128, 1), (256, 128), (512, 256), (512, 512), (512, 512), (10, 2048)]
     assert [l.pool for l in net.layers] == [False, True, True, True, True, False]
     assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    assert "(1): ConvLayer(conv 128->256, maxpool, relu)" in repr(net)
+    assert "(5): DenseLayer(dense 2048->10, identity)" in repr(net)
+    skip = models.build("vgg10skip", num_classes=10, in_channels=3, image_size=32,
+                        channels=(4, 4, 6, 6, 8, 8, 8, 8), dense=16)
+    assert "(0): SkipLayer(skip 2->5: 1x1 conv stride 2 4->8)" in repr(skip)
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,3 +376,14 @@ def test_api_errors_for_inputs_and_models():
         models.build("vgg5", num_classes=10, in_channels=1, image_size=32, widths=(3,))
     with pytest.raises(ValueError, match="multiple of 16"):
         models.build("vgg5", num_classes=10, in_channels=1, image_size=28)
+
+
+def test_estimator_settings_round_trip_through_a_dict():
+    """Oracle: dataclass equality — EstimatorSettings → to_dict → from_dict is the same settings
+    (what config.json stores), and to_dict holds every field by name."""
+    s = ep.EstimatorSettings(scheme="random", beta=0.3, iterations=7, cost="mse", update="pgd",
+                             order="sync", signs="batch", tol=1e-6, precision="strict",
+                             fused=False, perturbation="clamp", step_size=0.5)
+    assert ep.EstimatorSettings.from_dict(s.to_dict()) == s
+    assert list(s.to_dict()) == list(ep.EstimatorSettings.names())
+    assert s.to_dict()["step_size"] == 0.5 and s.to_dict()["tol"] == 1e-6

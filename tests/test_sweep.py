@@ -202,6 +202,45 @@ def test_local_launcher_gives_each_point_one_visible_gpu(tmp_path, data):
     assert sorted(set(seen)) == ["3", "5"] and len(seen) == 3, seen
 
 
+@pytest.mark.slow
+def test_gpus_per_point_makes_each_point_one_torchrun_on_a_group_of_gpus(tmp_path, data):
+    """oracles: each child's own log lines and the one-process run — with
+    CUDA_VISIBLE_DEVICES=0,1,2,3 and --gpus-per-point 2, two points run at once, each a
+    torchrun of two processes seeing one group ("0,1" or "2,3"); each point's summary says 2
+    processes, and its metrics equal a one-process run of it up to float reduction order (here
+    on the CPU: gloo). Too few GPUs is refused before anything runs."""
+    spec = {"name": "gp", "base": _base(data, epochs=1, probe_every=4, device="auto"),
+            "grid": {"beta": [0.02, 0.05]}}
+    f = _write(tmp_path / "gp.yaml", spec)
+    r = subprocess.run([sys.executable, "-m", "workbench", "sweep", str(f), "--out",
+                        str(tmp_path), "--gpus-per-point", "2"],
+                       env={**ENV, "CUDA_VISIBLE_DEVICES": "0,1,2,3"}, cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 slot(s) (GPUs 0,1,2,3)" in r.stdout
+    s = sw.load(f, out=tmp_path)
+    here = sw.load(_write(tmp_path / "here.yaml", {**spec, "name": "here"}), out=tmp_path)
+    sw.write_plan(here)
+    groups = []
+    for p, q in zip(s.points, here.points):
+        log = (p.folder / sw.LOG_FILE).read_text()
+        seen = set(re.findall(r"CUDA_VISIBLE_DEVICES=([\d,]*), OMP", log))
+        assert len(re.findall(r"workbench sweep: point", log)) == 2 and len(seen) == 1, log
+        groups += seen
+        assert json.loads((p.folder / "summary.json").read_text())["hardware"]["processes"] == 2
+        sw.run_point(here.folder, q.name)
+        for r2, r1 in zip(_lines(p.folder), _lines(q.folder)):
+            assert (r2["type"], r2["step"]) == (r1["type"], r1["step"])
+            if r1["type"] == "epoch":
+                assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
+    assert sorted(groups) == ["0,1", "2,3"]
+    bad = subprocess.run([sys.executable, "-m", "workbench", "sweep", str(f), "--out",
+                          str(tmp_path / "bad"), "--gpus-per-point", "3"],
+                         env={**ENV, "CUDA_VISIBLE_DEVICES": "0,1"}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--gpus-per-point 3: only 2 GPU(s) visible" in bad.stderr
+
+
 def test_a_changed_sweep_file_does_not_reuse_old_runs(tmp_path, data):
     """oracle: a point whose run folder holds another config is refused, naming the point and
     the field that changed (a finished run is never reported as this config's result)."""

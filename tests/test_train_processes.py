@@ -88,3 +88,40 @@ def test_two_processes_equal_one(tmp_path):
             assert abs(r2["test_top1_error"] - r1["test_top1_error"]) <= 1 / 64 + 1e-12
     summary = json.loads((two / "summary.json").read_text())
     assert summary["hardware"]["processes"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.exists() and not shutil.which("torchrun"),
+                    reason="torchrun not installed")
+def test_two_nodes_by_torchrun_rendezvous_equal_one_process(tmp_path):
+    """oracle: the single-process run: two torchrun launchers on this machine, each one "node"
+    of a 2-node job (``--nnodes 2 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT``, as on
+    two real nodes), train as one process does (parameters up to float reduction order, the
+    same losses), and only the rank-0 node writes the run folder."""
+    import socket
+    write_cifar(tmp_path / "data", 10, per_file=64)
+    flags = ["--dataset", "cifar10", "--data-root", str(tmp_path / "data"), "--no-download",
+             "--model", "mlp", "--model-arg", "widths=[32]", "--scheme", "centered",
+             "--beta", "0.05", "--iterations", "4", "--epochs", "2", "--batch-size", "32",
+             "--lr", "0.02", "--probe-every", "4", "--progress", "none", "--device", "cpu"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_train(flags, one), env=ENV, check=True, timeout=300)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = str(TORCHRUN) if TORCHRUN.exists() else shutil.which("torchrun")
+    nodes = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc_per_node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                               "--rdzv-id", "two-nodes", *_train(flags, two)[1:]], env=ENV)
+             for _ in range(2)]
+    assert [n.wait(timeout=300) for n in nodes] == [0, 0]
+    p1, p2 = _params(one), _params(two)
+    for k in p1:
+        assert torch.allclose(p1[k], p2[k], rtol=1e-5, atol=1e-6), k
+    l1, l2 = _lines(one), _lines(two)
+    assert [(r["type"], r["step"]) for r in l2] == [(r["type"], r["step"]) for r in l1]
+    for r1, r2 in zip(l1, l2):
+        if r1["type"] == "epoch":
+            assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-5)
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["hardware"]["processes"] == 2

@@ -63,6 +63,7 @@ from typing import Optional
 import yaml
 
 from .config import RESUMABLE, TrainConfig, saved_config
+from .distributed import process_rank
 from .files import read_json, write_atomic
 from .runfolder import CONFIG, SUMMARY, config_diff
 from .runs import ERROR_FILE, flat_config, read_state
@@ -406,9 +407,13 @@ def plan_text(sweep: Sweep) -> str:
 # ---------------------------------------------------------------------------------------------
 def run_point(folder, name: str, notebooks: bool = False) -> dict:
     """Run (or resume) point ``name`` of the sweep in ``folder``; return its state. Holds the
-    point's lock while it runs; an exception is written to the point's error file and raised."""
+    point's lock while it runs; an exception is written to the point's error file and raised.
+    In a multi-process point (Slurm tasks, torchrun) only rank 0 takes the lock and writes;
+    every rank runs the same training (:mod:`workbench.distributed`)."""
     sweep = from_folder(folder)
     p = sweep.point(name)
+    if process_rank() != 0:
+        return _run(p, notebooks, writer=False)
     lock = _lock_path(p)
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as handle:
@@ -416,27 +421,33 @@ def run_point(folder, name: str, notebooks: bool = False) -> dict:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return {**point_state(p), "state": "running"}
-        state = point_state(p, lock=False)
-        if state["state"] == "done":
-            return state
+        return _run(p, notebooks, writer=True)
+
+
+def _run(p: Point, notebooks: bool, writer: bool) -> dict:
+    state = point_state(p, lock=False)
+    if state["state"] == "done":
+        return state
+    # decided before the training's rendezvous, so every rank sees the folder as it was
+    cfg = dataclasses.replace(p.config, resume=(p.folder / CONFIG).is_file(), progress="text")
+    if writer:
         p.folder.mkdir(parents=True, exist_ok=True)
         (p.folder / ERROR_FILE).unlink(missing_ok=True)
         if (p.folder / SUMMARY).is_file():                  # a failed run, tried again
             (p.folder / SUMMARY).unlink()
-        cfg = dataclasses.replace(p.config, resume=(p.folder / CONFIG).is_file(),
-                                  progress="text")
-        try:
-            if notebooks:
-                _run_notebook(cfg)
-            else:
-                from .train import run
-                run(cfg)
-        except Exception as e:      # (a signal or Ctrl-C is no failure: the point resumes)
+    try:
+        if notebooks:
+            _run_notebook(cfg)
+        else:
+            from .train import run
+            run(cfg)
+    except Exception as e:      # (a signal or Ctrl-C is no failure: the point resumes)
+        if writer:
             # first line: what went wrong (the state shows it); then the whole traceback
             text = f"{type(e).__name__}: {e}\n\n" + "".join(traceback.format_exception(e))
-            write_atomic(p.folder / ERROR_FILE, lambda f: f.write(text.encode()))
-            raise
-        return point_state(p, lock=False)
+            write_atomic(p.folder / ERROR_FILE, text.encode())
+        raise
+    return point_state(p, lock=False)
 
 
 def _run_notebook(cfg: TrainConfig) -> None:
@@ -494,14 +505,22 @@ def _die_with_parent() -> None:
 
 
 def run_local(sweep: Sweep, slots: Optional[int] = None, notebooks: bool = False,
-              retry_failed: bool = False, log=print) -> list[dict]:
+              retry_failed: bool = False, log=print, gpus_per_point: int = 1) -> list[dict]:
     """Run the points that need it as subprocesses, ``slots`` at a time: one per visible GPU
     (``CUDA_VISIBLE_DEVICES`` set per child; ``slots`` > GPUs shares them round robin) or,
-    without GPUs, ``slots`` CPU processes sharing the cores. Returns every point's state."""
+    without GPUs, ``slots`` CPU processes sharing the cores. ``gpus_per_point`` N > 1: each
+    point is one data-parallel run, a ``torchrun`` of N processes on a group of N visible GPUs.
+    Returns every point's state."""
     write_plan(sweep)
     todo = _todo(sweep, retry_failed)
     gpus = _gpu_slots() if all(p.config.device in ("auto", "cuda") for p in sweep.points) \
         else []
+    if gpus_per_point > 1:
+        if len(gpus) < gpus_per_point:
+            raise SweepError(f"--gpus-per-point {gpus_per_point}: only {len(gpus)} GPU(s) visible "
+                             f"to the points (CUDA_VISIBLE_DEVICES, device: auto or cuda)")
+        gpus = [",".join(gpus[i:i + gpus_per_point])
+                for i in range(0, len(gpus) - gpus_per_point + 1, gpus_per_point)]
     if gpus:                 # --slots N: N processes over the GPUs, round robin
         names = [gpus[i % len(gpus)] for i in range(slots or len(gpus))]
     else:
@@ -523,13 +542,17 @@ def run_local(sweep: Sweep, slots: Optional[int] = None, notebooks: bool = False
             p.folder.mkdir(parents=True, exist_ok=True)
             logf = open(p.folder / LOG_FILE, "ab")
             cmd = [sys.executable, "-m", "workbench.sweep", str(sweep.folder), p.name]
+            if gpus_per_point > 1:          # one rendezvous per point, on a free port
+                cmd[1:1] = ["-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node", str(gpus_per_point)]
             if notebooks:
                 cmd.append("--notebooks")
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                     preexec_fn=_die_with_parent)
             logf.close()
             running[proc] = (p, slot, time.monotonic())
-            log(f"  start {p.name}" + (f" on GPU {slot}" if slot is not None else ""))
+            log(f"  start {p.name}" + (f" on GPU {slot}" if slot is not None and "," not in slot
+                                       else f" on GPUs {slot}" if slot is not None else ""))
         time.sleep(0.2)
         for proc in [q for q in running if q.poll() is not None]:
             p, slot, t0 = running.pop(proc)
@@ -604,12 +627,36 @@ def run_slurm(sweep: Sweep, params: Optional[dict] = None, notebooks: bool = Fal
         f"{', '.join(str(j.job_id) for j in jobs[:3])}{' …' if len(jobs) > 3 else ''}; "
         f"submitit logs in {sweep.folder / 'slurm'}")
     if wait:
-        for j in jobs:
-            try:
-                j.result()
-            except Exception as e:        # noqa: BLE001 — reported from the run folder below
-                log(f"  task {j.job_id} failed: {str(e).strip().splitlines()[-1]}")
+        if cluster == "slurm":
+            wait_for_slurm([j.job_id for j in jobs])
+        else:
+            for j in jobs:
+                try:
+                    j.result()
+                except Exception:        # noqa: BLE001 — reported from the run folder below
+                    pass
+        for p in todo:
+            state = point_state(p)
+            if state["state"] != "done":
+                log(f"  {p.name}: {state['state']}" + (f" ({state['error']})"
+                                                       if state.get("error") else ""))
     return jobs
+
+
+def wait_for_slurm(job_ids, poll: float = 2.0) -> None:
+    """Block until none of the jobs (array tasks ``1234_5`` included) is in Slurm's queue any
+    more — a requeued task counts as queued. Asked of ``squeue``, not of submitit's job states,
+    which come from ``sacct``: a cluster without an accounting database answers every such call
+    with a warning (and the outcome is in the run folders anyway)."""
+    ids = sorted({str(j).split("_")[0] for j in job_ids})
+    while ids:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode == 0 and not out.stdout.strip():
+            return
+        if out.returncode != 0 and "Invalid job id" in out.stderr:     # ended and purged
+            return
+        time.sleep(poll)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,6 +677,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, default=None,
                    help="points at once (local; default: one per visible GPU, else 1; more "
                         "slots than GPUs share them round robin)")
+    p.add_argument("--gpus-per-point", type=int, default=1, metavar="N",
+                   help="local: each point one data-parallel run over N GPUs (a torchrun of N "
+                        "processes per group of N visible GPUs)")
     p.add_argument("--notebooks", action="store_true",
                    help="run each point as papermill on notebooks/03_train.ipynb (the executed "
                         "notebook stays in its run folder)")
@@ -653,6 +703,8 @@ def _key_values(items: list[str], flag: str) -> dict:
 def main(args: argparse.Namespace) -> int:
     if args.slots is not None and args.slots < 1:
         raise SweepError(f"--slots must be >= 1, got {args.slots}")
+    if args.gpus_per_point < 1:
+        raise SweepError(f"--gpus-per-point must be >= 1, got {args.gpus_per_point}")
     if args.notebooks and not NOTEBOOK.is_file():
         raise SweepError(f"--notebooks runs {NOTEBOOK}, which is not there: it needs the "
                          f"repository's notebooks/ (a checkout with `pip install -e .`)")
@@ -666,7 +718,8 @@ def main(args: argparse.Namespace) -> int:
         if not args.wait:
             return 0
     else:
-        run_local(sweep, args.slots, args.notebooks, args.retry_failed)
+        run_local(sweep, args.slots, args.notebooks, args.retry_failed,
+                  gpus_per_point=args.gpus_per_point)
     print(plan_text(sweep))
     return 1 if any(point_state(p)["state"] == "failed" for p in sweep.points) else 0
 
