@@ -157,11 +157,12 @@ def test_a_two_task_point_is_one_data_parallel_run_and_survives_a_requeue(cluste
     within 1e-5, train losses within 1e-5 relative) and the run folder — a point submitted
     with tasks_per_node=2 trains as one run over two processes (summary: processes 2, one
     writer), requeued once mid-run it resumes and still ends there."""
-    # two epochs of a narrow mlp with many iterations: long enough (~10 s) for the requeue to
-    # land mid-run, small enough that float reduction order has not grown into the metrics
-    # (over a long run of a wide net it does: two thread counts of one process drift apart too)
+    # two epochs of a narrow mlp with very many iterations: slow steps (~0.4 s each, the run
+    # ~12 s after its first checkpoint) so that the requeue lands mid-run even on a fast or busy
+    # machine, and few steps, so that float reduction order has not grown into the metrics (over
+    # a long run of a wide net it does: two thread counts of one process drift apart too)
     spec = {"name": "two", "base": _base(data, epochs=2, checkpoint_every=4, probe_every=8,
-                                          iterations=200),
+                                          iterations=800),
             "grid": {"beta": [0.05]}}
     f = _write(tmp_path / "two.yaml", spec)
     s = sw.load(f, out=tmp_path / "out")
@@ -171,6 +172,7 @@ def test_a_two_task_point_is_one_data_parallel_run_and_survives_a_requeue(cluste
     p = s.points[0]
     _wait_for(lambda: (p.folder / "checkpoint.pt").exists(), what="the first checkpoint")
     subprocess.run(["scontrol", "requeue", str(jobs[0].job_id)], check=True)
+    assert not (p.folder / "summary.json").exists(), "the run ended before the requeue landed"
     _start_now(jobs[0].job_id)
     sw.wait_for_slurm([jobs[0].job_id])
     assert sw.point_state(p)["state"] == "done", sw.point_state(p)
