@@ -27,11 +27,15 @@ def pre_activation(net, k: int, states) -> torch.Tensor:
     return F.max_pool2d(z, 2, 2) if layer.pool else z
 
 
-def plain_iteration(net, states, y, beta, update, sweeps, cost="ce", hold_output=False):
+def plain_iteration(net, states, y, beta, update, sweeps, cost="ce", hold_output=False,
+                    step_size=1.0):
     """One iteration (every sweep in ``sweeps``); the output layer is held fixed when
     ``hold_output`` (clamping), else nudged by ``β ∂C/∂h_L``. An identity hidden layer moves to
-    ``a_k + Δ_k`` (no projection, either rule). Normalisation layers in train mode use the
-    batch's statistics without updating their running ones."""
+    ``a_k + Δ_k`` (no projection, either rule). With a step size α every target T (the α = 1
+    update) becomes ``(1 − α) h + α T`` before the projection (docs/method.md §2, Eq. 15).
+    Normalisation layers in train mode use the batch's statistics without updating their
+    running ones."""
+    a = step_size
     L = len(net.layers)
     with frozen_statistics(net):
         for sweep in sweeps:
@@ -41,15 +45,17 @@ def plain_iteration(net, states, y, beta, update, sweeps, cost="ce", hold_output
             with torch.no_grad():
                 for k in sweep:
                     pre = pre_activation(net, k, states)
+                    h = states[k]
                     if k == L:
                         if not hold_output:
-                            new[k] = pre - beta * energy.cost_grad(cost, states[k], y)
+                            target = pre - beta * energy.cost_grad(cost, h, y)
+                            new[k] = (1 - a) * h + a * target
                         continue
-                    delta = (states[k] - net.predict(k, states)) - grads[k - 1]
+                    delta = (h - net.predict(k, states)) - grads[k - 1]
                     if net.activations[k - 1] == "identity":
-                        new[k] = pre + delta
+                        new[k] = (1 - a) * h + a * (pre + delta)
                         continue
                     base = pre if update == "mod_pgd" else torch.relu(pre)
-                    new[k] = torch.relu(base + delta)
+                    new[k] = torch.relu((1 - a) * h + a * (base + delta))
             states = [new.get(k, h) for k, h in enumerate(states)]
     return states

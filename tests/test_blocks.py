@@ -348,3 +348,68 @@ def test_identity_layers_with_a_step_size_reach_the_closed_form_fixed_point():
     assert ep.relative_error(half.grads, one.grads) < 1e-9
     early = ep.estimate(net, x, y, iterations=3, step_size=0.5, **kw)
     assert ep.relative_error(early.grads, one.grads) > 1e-2
+
+
+@pytest.mark.parametrize("name,update", [("vgg10skip", "mod_pgd"), ("vgg10skip", "pgd"),
+                                         ("chain", "mod_pgd"), ("chain", "pgd")])
+def test_steps_of_size_alpha_equal_the_plain_form_iteration_by_iteration(name, update):
+    """Oracle: the plain form of the step-size update (tests/plain.py, Eq. 15: every target T
+    becomes (1 − α) h + α T, then projected) — with α = 0.5 the engine's states agree after every
+    iteration to 1e-12 (ReLU layers, identity layers, pooling, skips, the nudged output), so
+    the path is checked, not only the fixed point."""
+    if name == "chain":
+        net, x, y = chain(seed=3)
+    else:
+        net, x, y = small(name, seed=4)
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    phase = NudgedPhase(net, free, y, torch.full((x.shape[0], 1), 0.3, dtype=F64), "ce",
+                        update, "async", step_size=0.5)
+    states = [h.clone() for h in free.h]
+    for _ in range(5):
+        phase.step()
+        states = plain_iteration(net, states, y, 0.3, update, phase.sweeps, step_size=0.5)
+        for k in range(1, len(net.layers) + 1):
+            assert torch.allclose(phase.state(k), states[k], rtol=0, atol=1e-12), k
+
+
+class UnusedParameter(nn.Module):
+    """A block with a parameter its output does not use, and an input it ignores."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = nn.Linear(4, 4)
+        self.unused = nn.Parameter(torch.ones(3))
+
+    def forward(self, h):
+        return self.used.bias.expand(h.shape[0], 4) * 1.0
+
+
+def test_blocks_with_unused_parameters_or_inputs_get_zeros_there():
+    """Oracle: autograd's answer that a tensor is not used (zero) — a block whose output ignores
+    its input sends no top-down term (the layers below get exactly BP's zero gradient), a
+    parameter it does not use gets a zero gradient from EP and BP alike, and the estimate still
+    matches BP on the rest (cosine ≥ 0.9999 at small β)."""
+    torch.manual_seed(0)
+    net = models.from_blocks([nn.Linear(6, 4), UnusedParameter(), nn.Linear(4, 3)]).to(F64)
+    x, y = torch.rand(5, 6, dtype=F64), torch.tensor([0, 1, 2, 0, 1])
+    bp = ep.estimate(net, x, y, scheme="bp", accumulate=False).grads
+    est = ep.estimate(net, x, y, scheme="centered", beta=1e-5, iterations=20,
+                      accumulate=False).grads
+    assert torch.equal(est["layers.1.unused"], torch.zeros(3, dtype=F64))
+    assert float(est["layers.0.weight"].abs().max()) == 0 == float(bp["layers.0.weight"].abs()
+                                                                     .max())
+    for n in ("layers.1.used.bias", "layers.2.weight"):
+        cos = float(torch.nn.functional.cosine_similarity(est[n].flatten(), bp[n].flatten(), 0))
+        assert cos >= 0.9999, n
+
+
+def test_dropout_anywhere_in_a_block_is_named():
+    """Oracle: the modules of the block — a dropout nested in a block, or the dropout of torch's
+    own attention, is refused naming the block and the submodule."""
+    inner = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.ReLU(), nn.Dropout(0.2)))
+    with pytest.raises(ValueError, match=r"block 1 \(Sequential\) \(1\.1\) has dropout p=0\.2"):
+        models.from_blocks([inner, nn.Linear(4, 2)])
+    with pytest.raises(ValueError, match=r"block 2 \(Attention\) \(attn\) has dropout p=0\.1"):
+        attn = Attention(8)
+        attn.attn = nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True)
+        models.from_blocks([Tokens(2, 8), attn, MeanHead(8, 3)])

@@ -152,3 +152,26 @@ def test_the_training_probe_records_switches_and_residual(tmp_path):
     res = torch.stack([p.residual_max[-1] for p in est.trace.phases]).amax(0)
     assert probe["residual"] == pytest.approx(res.tolist(), rel=1e-6, abs=1e-12)
     assert max(probe["switched"]) > 0
+
+
+def test_switched_counts_units_at_exactly_zero_as_off_and_are_float64():
+    """Oracle: the definition (a unit is on where its pre-activation is > 0) recounted here on a
+    float32 mlp whose biases are zero and half of whose inputs are exactly zero, so that many
+    second-layer pre-activations are exactly 0 (off) — the trace's last row for layer 2 equals
+    the recount from an explicit forward pass on the nudged states, is stored in float64, and
+    is not zero (units do switch at this β). (Layer 1 reads the input, which never moves.)"""
+    from workbench import models
+    torch.manual_seed(0)
+    net = models.build("mlp", num_classes=5, in_channels=1, image_size=4, widths=(32, 16))
+    x = torch.rand(6, 1, 4, 4)
+    x[:3] = 0.0
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    free = free_phase(net, x, Precision.make("strict", torch.float32, x.device))
+    phase = NudgedPhase(net, free, y, torch.full((6, 1), 3.0), "ce", "mod_pgd", "async")
+    tr = phase.run(6, diagnostics=True)
+    assert tr.switched.dtype == torch.float64
+    assert float((free.a[2] == 0).double().mean()) >= 0.5     # the zero inputs: exactly 0
+    a2 = net.layers[1].linear(phase.state(1)).detach()
+    want = float(((a2 > 0) != (free.a[2] > 0)).double().mean())
+    assert abs(float(tr.switched[-1, 1]) - want) < 1e-12 and want > 0
+    assert float(tr.switched[-1, 0]) == 0

@@ -336,7 +336,7 @@ def test_vgg5_architecture():
 
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,needle", [
-    (dict(scheme="sideways"), "accepted: forward, backward, centered, random, bp"),
+    (dict(scheme="sideways"), "accepted: forward, backward, centered, random, il, bp"),
     (dict(cost="hinge"), "accepted: ce, mse"),
     (dict(update="newton"), "accepted: mod_pgd, pgd"),
     (dict(order="random"), "accepted: async, sync"),
@@ -370,7 +370,7 @@ def test_api_errors_for_inputs_and_models():
         ep.estimate(net, x[:0], y[:0])
     with pytest.raises(ValueError, match="conv_fan must be 'fan_in' or 'fan_out'"):
         models.build("vgg5", num_classes=10, in_channels=1, image_size=32, conv_fan="fanout")
-    with pytest.raises(ValueError, match="available: mlp, resnet18, vgg10, vgg10skip, vgg5, vit"):
+    with pytest.raises(ValueError, match="available: mlp, resnet18, vgg10, vgg10skip, vgg5, vgg7, vgg9, vit"):
         models.build("resnet50")
     with pytest.raises(ValueError, match="overrides accepted"):
         models.build("vgg5", num_classes=10, in_channels=1, image_size=32, widths=(3,))
@@ -387,3 +387,56 @@ def test_estimator_settings_round_trip_through_a_dict():
     assert ep.EstimatorSettings.from_dict(s.to_dict()) == s
     assert list(s.to_dict()) == list(ep.EstimatorSettings.names())
     assert s.to_dict()["step_size"] == 0.5 and s.to_dict()["tol"] == 1e-6
+
+
+def test_compare_and_relative_error_by_their_formulas():
+    """Oracle: the definitions written out here — per layer cos = g·r / (‖g‖‖r‖) and rel =
+    ‖g − r‖ / ‖r‖ over the layer's weight and bias; NaN where a norm is zero (a zero estimate
+    against a zero reference: nothing to compare); relative_error over all parameters or one
+    layer; skip maps labelled src→dst after the layers."""
+    net, x, y = small("mlp", seed=1)
+    g = {n: torch.randn_like(p) for n, p in net.named_parameters()}
+    r = {n: torch.randn_like(p) for n, p in net.named_parameters()}
+    rows = ep.compare(net, g, r)
+    for k, row in enumerate(rows, start=1):
+        gv = torch.cat([g[f"layers.{k - 1}.weight"].flatten(), g[f"layers.{k - 1}.bias"]])
+        rv = torch.cat([r[f"layers.{k - 1}.weight"].flatten(), r[f"layers.{k - 1}.bias"]])
+        assert row["layer"] == k and row["kind"] == "dense"
+        assert row["cosine"] == pytest.approx(float(gv @ rv / (gv.norm() * rv.norm())))
+        assert row["rel_error"] == pytest.approx(float((gv - rv).norm() / rv.norm()))
+        assert ep.relative_error(g, r, layer=k) == pytest.approx(row["rel_error"])
+    flat = [torch.cat([t[n].flatten() for n in r]) for t in (g, r)]
+    assert ep.relative_error(g, r) == pytest.approx(float((flat[0] - flat[1]).norm()
+                                                          / flat[1].norm()))
+    zero = {n: torch.zeros_like(t) for n, t in r.items()}
+    assert all(math.isnan(row["cosine"]) and row["rel_error"] == pytest.approx(1.0)
+               for row in ep.compare(net, zero, r))
+    assert all(math.isnan(row["cosine"]) and math.isnan(row["rel_error"])
+               for row in ep.compare(net, g, zero))
+    skip, _, _ = small("mlp-skip")
+    labels = [row["layer"] for row in ep.compare(skip, *(
+        {n: torch.ones_like(p) for n, p in skip.named_parameters()} for _ in range(2)))]
+    assert labels == [1, 2, 3, 4, "0→2", "1→4"]
+
+
+def test_bp_reference_defaults_to_cross_entropy_and_signs_must_fit():
+    """Oracles: autograd of the mean cross-entropy (BP's default cost), and the API contract for
+    a tensor of signs: one ±1 per example (a wrong shape or value is refused)."""
+    net, x, y = small("mlp")
+    grads, loss, _ = ep.bp_gradients(net, x, y)
+    want = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x), y), list(
+        net.parameters()))
+    assert all(torch.allclose(grads[n], w) for n, w in zip(grads, want))
+    for bad in (torch.ones(3, dtype=F64), torch.full((4,), 0.5, dtype=F64)):
+        with pytest.raises(ValueError, match=r"signs as a tensor must have shape \(4,\)"):
+            ep.estimate(net, x, y, scheme="random", beta=0.1, iterations=2, signs=bad)
+
+
+def test_builtin_layer_defaults():
+    """Oracle: the layers' documented defaults — a conv layer is 3×3 with ReLU and no pool
+    unless asked, a dense skip map names itself in the model's repr."""
+    conv = models.ConvLayer(3, 4)
+    assert not conv.pool and conv.activation == "relu" and conv.weight.shape == (4, 3, 3, 3)
+    assert models.ConvLayer(3, 4, relu=False).activation == "identity"
+    net, _, _ = small("mlp-skip")
+    assert "(0): SkipLayer(skip 0->2: dense 64->16)" in repr(net)

@@ -105,6 +105,7 @@ def test_skipping_zero_deviations_changes_nothing(monkeypatch):
         phase, free = make_phase(net, x, y, 0.05, prec)
         if explicit:
             phase.hold_zeros()
+            assert all(phase.deviation(k) is not None for k in range(1, len(free.h)))
         for _ in range(3):
             phase.step()
         weight = torch.full((x.shape[0],), 1 / 0.05, dtype=F64)
@@ -248,28 +249,60 @@ def test_strict_fp32_matches_float64_where_the_nudge_is_still_tiny():
         assert min(row["strict"]["cosine"]) >= 0.9999, (scheme, row["strict"]["cosine"])
 
 
-def test_window_codes_pool_and_unpool_like_max_pool2d():
-    """Oracle: F.max_pool2d / F.max_unpool2d. The fused path's pointwise pooling gives the same
-    maxima and selects the same element — the first maximum of each 2×2 window in row-major
-    order on ties (integer-valued maps are full of them), a NaN wherever max_pool2d picks one —
-    and its unpooling places values where max_unpool2d does; eager and compiled alike."""
+def _window_case():
     g = torch.Generator().manual_seed(0)
     z = torch.randint(-2, 3, (3, 5, 6, 8), generator=g).double()
     z[0, 0, 0, 1] = float("nan")
     zc = torch.zeros_like(z).to(memory_format=torch.channels_last)
     want, idx = F.max_pool2d(z, 2, 2, return_indices=True)
     v = torch.randn(want.shape, generator=g, dtype=F64)
-    for pool, unpool in ((kernels.pool_window, kernels.unpool_window),
-                         (torch.compile(kernels.pool_window, dynamic=True, fullgraph=True),
-                          torch.compile(kernels.unpool_window, dynamic=True, fullgraph=True))):
-        m, code = pool(zc, z)
-        assert code.dtype == torch.uint8 and torch.equal(m.isnan(), want.isnan())
-        assert torch.equal(m.nan_to_num(7), want.nan_to_num(7))
-        ys, xs = code.long() // 2, code.long() % 2
-        rows = torch.arange(3).view(1, 1, 3, 1) * 2 + ys
-        cols = torch.arange(4).view(1, 1, 1, 4) * 2 + xs
-        assert torch.equal(rows * 8 + cols, idx)
-        assert torch.equal(unpool(v, code), F.max_unpool2d(v, idx, 2, 2, output_size=(6, 8)))
+    return z, zc, want, idx, v
+
+
+def _check_window_codes(pool, unpool):
+    z, zc, want, idx, v = _window_case()
+    m, code = pool(zc, z)
+    assert code.dtype == torch.uint8 and torch.equal(m.isnan(), want.isnan())
+    assert torch.equal(m.nan_to_num(7), want.nan_to_num(7))
+    assert m.is_contiguous(memory_format=torch.channels_last)
+    ys, xs = code.long() // 2, code.long() % 2
+    rows = torch.arange(3).view(1, 1, 3, 1) * 2 + ys
+    cols = torch.arange(4).view(1, 1, 1, 4) * 2 + xs
+    assert torch.equal(rows * 8 + cols, idx)
+    assert torch.equal(unpool(v, code), F.max_unpool2d(v, idx, 2, 2, output_size=(6, 8)))
+
+
+def test_window_codes_pool_and_unpool_like_max_pool2d():
+    """Oracle: F.max_pool2d / F.max_unpool2d. The fused path's pointwise pooling (run eagerly
+    here) gives the same maxima and selects the same element — the first maximum of each 2×2
+    window in row-major order on ties (integer-valued maps are full of them), a NaN wherever
+    max_pool2d picks one — and its unpooling places values where max_unpool2d does; the fused
+    drive equals the eager pieces it fuses (ReLU drive, per-example scale, unpooling, cast and
+    layout)."""
+    _check_window_codes(kernels.pool_window, kernels.unpool_window)
+    g = torch.Generator().manual_seed(1)
+    a0 = torch.randn(3, 5, 3, 4, generator=g, dtype=F64)
+    d, da = (torch.randn(3, 5, 3, 4, generator=g, dtype=F64) for _ in range(2))
+    scale = torch.randn(3, 1, 1, 1, generator=g, dtype=F64)
+    z = _window_case()[0].nan_to_num(-5)
+    _, code = kernels.pool_window(torch.zeros_like(z), z)
+    _, idx = F.max_pool2d(z, 2, 2, return_indices=True)
+    for dd in (d, None):
+        want = F.max_unpool2d(kernels.relu_drive(dd, a0, da) * scale, idx, 2, 2,
+                              output_size=(6, 8))
+        got = kernels.drive_window(dd, a0, da, code, torch.float32, True, scale)
+        assert got.dtype == torch.float32
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got, want.float())
+        plain = kernels.drive_window(dd, a0, da, None, F64, False, None)
+        assert torch.equal(plain, kernels.relu_drive(dd, a0, da)) and plain.is_contiguous()
+
+
+def test_compiled_window_codes_equal_the_eager_ones():
+    """Oracle: F.max_pool2d / F.max_unpool2d, as above, for the pieces compiled by
+    torch.compile (inductor's CPU backend here)."""
+    _check_window_codes(torch.compile(kernels.pool_window, dynamic=True, fullgraph=True),
+                        torch.compile(kernels.unpool_window, dynamic=True, fullgraph=True))
 
 
 @pytest.mark.slow

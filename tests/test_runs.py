@@ -121,3 +121,26 @@ def test_table3_rows_and_curves_name_bp_without_estimator_fields(tmp_path):
     assert "<td>pgd (5)</td><td>0/1</td><td>1</td><td>–</td>" in table
     assert sorted(t.name for t in fig.data) == ["BP", "update=mod_pgd, iterations=5 (centered)",
                                                 "update=pgd, iterations=5 (centered)"]
+
+
+def test_depth_rows_and_lines_per_method_and_family(tmp_path):
+    """oracle: the errors written by hand — one row per (family, weight layers, method) with
+    its mean over seeds; an mlp's layers are its hidden widths plus the output, VGG-n's n; IL
+    (scheme il) and iPC (algorithm ipc) are named apart from EP and BP; a diverged run counts as
+    unfinished and leaves its point out of the line."""
+    _run(tmp_path / "bp3", [0.3, 0.20], algorithm="bp", model_args={"widths": [8, 8]})
+    _run(tmp_path / "il3a", [0.3, 0.24], scheme="il", model_args={"widths": [8, 8]}, seed=0)
+    _run(tmp_path / "il3b", [0.3, 0.26], scheme="il", model_args={"widths": [8, 8]}, seed=1)
+    _run(tmp_path / "il6", [0.5, 0.40], scheme="il", model_args={"widths": [8] * 5})
+    _run(tmp_path / "ipc6", [0.9], "failed", algorithm="ipc", scheme="il",
+         model_args={"widths": [8] * 5})
+    _run(tmp_path / "ep5", [0.3, 0.22], dataset="cifar10", model="vgg5")
+    table, fig = results.depth(R.find_runs(tmp_path))
+    assert "<td>mlp</td><td>3</td><td>IL</td><td>2/2</td><td>25.00 ± 1.41</td>" in table
+    assert "<td>mlp</td><td>3</td><td>BP</td><td>1/1</td><td>20.00</td>" in table
+    assert "<td>mlp</td><td>6</td><td>iPC</td><td>0/1</td><td>–</td>" in table
+    assert "<td>VGG</td><td>5</td><td>centered</td><td>1/1</td><td>22.00</td>" in table
+    lines = {(t.name, t.xaxis): (list(t.x), list(t.y)) for t in fig.data}
+    assert lines[("IL", "x")] == ([3, 6], [pytest.approx(25.0), pytest.approx(40.0)])
+    assert lines[("iPC", "x")] == ([6], [None])
+    assert lines[("centered", "x2")] == ([5], [pytest.approx(22.0)])

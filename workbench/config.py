@@ -21,12 +21,15 @@ from . import data, flags, models
 from .files import read_json
 from .flags import option
 from .presets import PRESETS, preset_values
-from .settings import SCHEMES, EstimatorSettings
+from .settings import PC_SCHEMES, SCHEMES, EstimatorSettings
+
+#: the estimators a training step can take (``algorithm="ep"``; ``ipc`` takes ``il``)
+TRAIN_SCHEMES = SCHEMES + PC_SCHEMES
 
 __all__ = ["TrainConfig", "ALGORITHMS", "PROGRESS", "SCHEDULES", "RESUMABLE", "add_arguments",
            "config_from_args", "default_estimator", "saved_config"]
 
-ALGORITHMS = ("ep", "bp")
+ALGORITHMS = ("ep", "bp", "ipc")
 PROGRESS = ("auto", "text", "none")
 SCHEDULES = ("epoch", "step")
 #: fields that may change when a run is resumed (they do not change what is computed)
@@ -57,7 +60,9 @@ class TrainConfig:
     model: str = option("vgg5", "model name")
     image_size: Optional[int] = option(
         None, "input size (default: the dataset's own; vgg5: its registry size, 32)")
-    algorithm: str = option("ep", "ep (the estimator --scheme) or bp (backprop)", ALGORITHMS)
+    algorithm: str = option("ep", "ep: one gradient estimate per step by --scheme (EP's, or il: "
+                            "inference learning); bp: backprop; ipc: incremental PC (the weights "
+                            "step after every inference step; with --scheme il)", ALGORITHMS)
     estimator: EstimatorSettings = option(default_factory=default_estimator,
                                           help="how each gradient is estimated")
     epochs: int = option(100, "epochs")
@@ -169,9 +174,13 @@ class TrainConfig:
             if getattr(self, name) not in accepted:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; accepted: "
                                  f"{', '.join(accepted)}")
-        if self.estimator.scheme not in SCHEMES:
+        if self.estimator.scheme not in TRAIN_SCHEMES:
             raise ValueError(f"unknown scheme {self.estimator.scheme!r} for training; accepted: "
-                             f"{', '.join(SCHEMES)} (backprop: --algorithm bp)")
+                             f"{', '.join(TRAIN_SCHEMES)} (backprop: --algorithm bp)")
+        if self.algorithm == "ipc" and self.estimator.scheme != "il":
+            raise ValueError("algorithm 'ipc' runs IL's inference steps (--iterations, "
+                             "--step-size, --order, --state-optimizer): pass --scheme il beside "
+                             "it")
         rules = [("epochs", self.epochs >= 1, ">= 1"),
                  ("batch_size", self.batch_size >= 1, ">= 1"),
                  ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
@@ -221,8 +230,9 @@ def saved_config(saved: dict) -> dict:
     per-example signs, no tolerance, eager kernels, nudging, α = 1, the cosine per step, no
     preset) and ran fast mode's free phase under TF32. A strict run of theirs resumes exactly; a fast one is refused,
     because this version's fast mode computes the free phase in IEEE fp32 (BENCHMARKS.md)."""
-    if "estimator" in saved:
-        return saved
+    added = {"state_optimizer": "gd", "state_momentum": 0.9}   # estimator fields added since,
+    if "estimator" in saved:                                     # at what earlier runs did
+        return {**saved, "estimator": {**added, **saved["estimator"]}}
     if saved.get("precision") == "fast":
         raise ValueError("cannot resume: this run was trained in the fast precision of an "
                          "earlier version of the workbench (its free phase ran under TF32); "
@@ -232,6 +242,7 @@ def saved_config(saved: dict) -> dict:
     old = TrainConfig.migrate({**saved, "signs": "example", "tol": None, "fused": False,
                                "perturbation": "nudge", "step_size": 1.0, "schedule": "step",
                                "preset": None})
+    old["estimator"] = {**added, **old["estimator"]}
     return json.loads(json.dumps(old))
 
 
@@ -244,7 +255,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out; training takes the EP schemes only (``--algorithm bp`` is backprop)."""
     flags.add_flags(p, TrainConfig(), suppress=True, choices={"dataset": data.available(),
                                                                "model": models.available(),
-                                                               "scheme": SCHEMES})
+                                                               "scheme": TRAIN_SCHEMES})
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -137,7 +137,8 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
         else:
             logits = net(x)
         loss = energy.cost(cost_name, logits, y).mean()
-        gs = torch.autograd.grad(loss, params)
+        gs = torch.autograd.grad(loss, params, allow_unused=True)
+    gs = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]  # unused: zero
     return dict(zip([n for n, _ in named], gs)), float(loss.detach()), logits.detach()
 
 
@@ -172,8 +173,21 @@ def _phase_signs(s: EstimatorSettings, n: int, signs: Optional[torch.Tensor],
             draw = random_signs(n if s.signs == "example" else 1, generator)
             signs = draw.expand(n)
         return [signs.to(device, dtype)]
-    values = {"forward": [1.0], "backward": [-1.0], "centered": [1.0, -1.0]}[s.scheme]
+    values = {"forward": [1.0], "backward": [-1.0], "centered": [1.0, -1.0], "il": [1.0]}[s.scheme]
     return [torch.full((n,), v, dtype=dtype, device=device) for v in values]
+
+
+def phase_options(s: EstimatorSettings) -> dict:
+    """The nudged phase's options for settings ``s``: EP's perturbation and update rule, or
+    inference learning's (``il``: the output clamped at β = 1 — onehot(y), or with the CE cost
+    the cross-entropy of the prediction as the output's energy — projected gradient descent
+    with the state optimizer, the cost reported at the prediction)."""
+    if s.scheme == "il":
+        return dict(perturbation="clamp", update="pgd",
+                    output_energy="ce" if s.cost == "ce" else "squared",
+                    state_optimizer=s.state_optimizer, state_momentum=s.state_momentum,
+                    prediction_cost=True)
+    return dict(perturbation=s.perturbation, update=s.update)
 
 
 def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, fused: bool,
@@ -187,9 +201,9 @@ def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, f
         tr = Trace(free_cost=float(energy.cost(s.cost, free.logits, y).mean()))
         with frozen_statistics(net):
             for sign in sign_list:
-                b = s.beta * sign
-                phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, s.update, s.order,
-                                    fused, s.perturbation, s.step_size)
+                b = sign if s.scheme == "il" else s.beta * sign
+                phase = NudgedPhase(net, free, y, b.view(-1, 1), s.cost, order=s.order,
+                                    fused=fused, step_size=s.step_size, **phase_options(s))
                 tr.phases.append(phase.run(s.iterations, tol=s.tol, record=trace,
                                            signs=sign if s.scheme == "random" else None,
                                            diagnostics=diagnostics))

@@ -186,6 +186,45 @@ def hidden_rule(activation: str, update: str, step_size: float) -> Rule:
     return stepped
 
 
+class StateOptimizerRule:
+    """A hidden layer's inference step under a state optimizer with memory (IL, docs/method.md
+    §10): the gradient of E with respect to the state, ``g = ε_k − Δ_k`` (from deviations only),
+    then ``momentum`` (``v ← μ v + g``, step ``α v``) or ``adam`` (bias-corrected moments, step
+    ``α m̂ / (√v̂ + 1e-8)``), and the projection of a ReLU layer (``h ← relu(h − step)``). The
+    moments live in the rule: one rule per layer per phase."""
+
+    def __init__(self, kind: str, relu: bool, step_size: float, momentum: float):
+        self.kind, self.relu, self.alpha, self.mu = kind, relu, float(step_size), float(momentum)
+        self.m: Opt = None
+        self.v: Opt = None
+        self.t = 0
+
+    def __call__(self, ew, a0, h0, d, da, delta):
+        if da is None:
+            eps = d
+        else:
+            da = da.to(a0.dtype)
+            eps = (kernels.relu_shift(a0, da) if self.relu else da).neg()
+            eps = eps if d is None else eps + d
+        g = eps if delta is None else (-delta.to(a0.dtype) if eps is None
+                                       else eps - delta.to(a0.dtype))
+        self.t += 1                          # Adam's step count: every step, moved or not
+        if g is None and self.m is None:
+            return d
+        g = torch.zeros_like(self.m) if g is None else g
+        if self.kind == "momentum":
+            self.m = g if self.m is None else self.mu * self.m + g
+            step = self.alpha * self.m
+        else:
+            b1, b2 = self.mu, 0.999
+            self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
+            self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
+            m_hat, v_hat = self.m / (1 - b1 ** self.t), self.v / (1 - b2 ** self.t)
+            step = self.alpha * m_hat / (v_hat.sqrt() + 1e-8)
+        s = -step if d is None else d - step
+        return kernels.relu_shift(h0, s) if self.relu else s
+
+
 class NudgedPhase:
     """The state of one nudged phase from the free state, its update rules and one iteration
     (:meth:`step`); :meth:`run` records it (:func:`workbench.recording.run_phase`) and
@@ -198,12 +237,21 @@ class NudgedPhase:
         update: ``mod_pgd`` | ``pgd``; ``order``: ``async`` | ``sync``.
         fused: run the elementwise work of each update as ``torch.compile``-d kernels.
         perturbation: ``nudge`` | ``clamp``; ``step_size``: α (1: the closed forms).
+        output_energy: with clamping, the output layer's energy term — ``squared`` (½‖ε_L‖²,
+            the default) or ``ce`` (the cross-entropy of its prediction, IL's PC-CE:
+            ``ε_L = onehot(y) − softmax(a_L)``). ``state_optimizer``: ``gd`` (the update rules)
+            or ``momentum`` / ``adam`` (:class:`StateOptimizerRule`, with ``state_momentum``).
+        prediction_cost: report the cost at the output's prediction ``a_L`` rather than at its
+            (clamped) state (IL).
     """
 
     def __init__(self, net, free: FreeState, y: torch.Tensor, beta: torch.Tensor,
                  cost_name: str, update: str = "mod_pgd", order: str = "async",
-                 fused: bool = False, perturbation: str = "nudge", step_size: float = 1.0):
+                 fused: bool = False, perturbation: str = "nudge", step_size: float = 1.0,
+                 output_energy: str = "squared", state_optimizer: str = "gd",
+                 state_momentum: float = 0.9, prediction_cost: bool = False):
         self.net, self.free, self.maps, self.y = net, free, free.maps, y
+        self.output_energy, self.prediction_cost = output_energy, prediction_cost
         self.beta, self.cost_name, self.update, self.order = beta, cost_name, update, order
         self.perturbation, self.step_size = perturbation, float(step_size)
         self.wiring = net.wiring
@@ -222,8 +270,13 @@ class NudgedPhase:
             self._free_sel = list(free.idx)
         self._sel: list[Opt] = list(self._free_sel)
         self._fresh = [True] * (L + 1)             # is the cache valid for layer k's inputs?
-        self.rules = [None] + [hidden_rule(self.nodes[k].activation, update, self.step_size)
-                               for k in range(1, L)]
+        if state_optimizer == "gd":
+            self.rules = [None] + [hidden_rule(self.nodes[k].activation, update, self.step_size)
+                                   for k in range(1, L)]
+        else:
+            self.rules = [None] + [StateOptimizerRule(state_optimizer, self.nodes[k].relu,
+                                                      self.step_size, state_momentum)
+                                   for k in range(1, L)]
         top = [k for k in range(1, L + 1) if k % 2 == L % 2]
         rest = [k for k in range(1, L + 1) if k % 2 != L % 2]
         self.sweeps = [top, rest] if order == "async" else [list(range(1, L + 1))]
@@ -305,7 +358,11 @@ class NudgedPhase:
         return self._da[k]
 
     def error(self, k: int) -> Opt:
-        """``ε_k = d_k − (f_k(h_{k−1}) − h⁰_k)``, from deviations only (None when zero)."""
+        """``ε_k = d_k − (f_k(h_{k−1}) − h⁰_k)``, from deviations only (None when zero); the
+        output's with ``output_energy="ce"``: ``onehot(y) − softmax(a_L)``."""
+        if k == self.L and self.output_energy == "ce":
+            return F.one_hot(self.y, self.free.a[k].shape[1]).to(self.free.a[k].dtype) \
+                - torch.softmax(self.prediction(), 1)
         d, da = self.src[k].d, self.da(k)
         if da is None:
             return d
@@ -403,16 +460,29 @@ class NudgedPhase:
 
     # -- observables ---------------------------------------------------------------------------
     def energies(self) -> torch.Tensor:
-        """Per-layer energy ``½‖ε_k‖²``, mean over the batch, shape ``(L,)``."""
+        """Per-layer energy ``½‖ε_k‖²``, mean over the batch, shape ``(L,)`` (the output's with
+        ``output_energy="ce"``: the cross-entropy of its prediction)."""
         out = []
         for k in range(1, self.L + 1):
+            if k == self.L and self.output_energy == "ce":
+                out.append(cost("ce", self.prediction(), self.y).mean())
+                continue
             e = self.error(k)
             out.append(self.free.h[k].new_zeros(()) if e is None
                        else 0.5 * e.flatten(1).pow(2).sum(1).mean())
         return torch.stack(out)
 
+    def prediction(self) -> torch.Tensor:
+        """The output layer's prediction ``a_L = f_L(h_{L−1})`` at the current state."""
+        da = self.da(self.L)
+        a0 = self.free.a[self.L]
+        return a0 if da is None else a0 + da.to(a0.dtype)
+
     def costs(self) -> torch.Tensor:
-        return cost(self.cost_name, self.state(self.L), self.y)
+        """Per-example cost: at the output state (with clamping: the clamped output), or, with
+        ``prediction_cost`` (IL), at the output's prediction."""
+        out = self.prediction() if self.prediction_cost else self.state(self.L)
+        return cost(self.cost_name, out, self.y)
 
     def state(self, k: int) -> torch.Tensor:
         """``h_k`` at the current nudged state."""

@@ -64,9 +64,9 @@ class PCNLayer(nn.Module):
         raise NotImplementedError
 
     # -- the map -------------------------------------------------------------------------------
-    def linear(self, h: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """The conv / dense part (before pooling). Without bias it is linear in ``h``."""
-        return self.linear_with(h, self.weight, self.bias if bias else None)
+    def linear(self, h: torch.Tensor) -> torch.Tensor:
+        """The conv / dense part ``W h + b`` (before pooling)."""
+        return self.linear_with(h, self.weight, self.bias)
 
     def pre(self, h: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Pre-activation ``a_k`` after pooling; ``extra`` (skip outputs) is added to the linear

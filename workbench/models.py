@@ -37,7 +37,7 @@ from .wiring import ACTIVATIONS, Wiring
 
 __all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "SkipLayer", "PCN", "from_blocks",
            "as_blocks", "build", "available", "register", "default_image_size", "general",
-           "init_bound", "vgg10skip"]
+           "init_bound", "vgg7", "vgg9", "vgg10skip"]
 
 
 class PCN(nn.Module):
@@ -349,6 +349,31 @@ def vgg5(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, *,
                 conv_fan, "vgg5", skips)
 
 
+def vgg7(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, *,
+         channels: Sequence[int] = (128, 128, 256, 256, 512, 512), init_gain: float = 1.0,
+         output_gain: float = 1.0, conv_fan: str = "fan_in", skips: Sequence = ()) -> PCN:
+    """VGG5 made deeper, for the depth question (docs/method.md §10; not in the paper): conv 128 |
+    128, pool | 256 | 256, pool | 512, pool | 512, pool | dense → classes (7 layers, 4 pools)."""
+    if len(channels) != 6:
+        raise ValueError(f"vgg7 takes 6 conv widths, got {list(channels)}")
+    pools = (False, True, False, True, True, True)
+    return _vgg(list(zip(channels, pools)), (), num_classes, in_channels, image_size, init_gain,
+                output_gain, conv_fan, "vgg7", skips)
+
+
+def vgg9(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, *,
+         channels: Sequence[int] = (128, 128, 256, 256, 512, 512, 512, 512),
+         init_gain: float = 1.0, output_gain: float = 1.0, conv_fan: str = "fan_in",
+         skips: Sequence = ()) -> PCN:
+    """Deeper still (docs/method.md §10; not in the paper): conv 128 | 128, pool | 256 | 256,
+    pool | 512 | 512, pool | 512 | 512, pool | dense → classes (9 layers, 4 pools)."""
+    if len(channels) != 8:
+        raise ValueError(f"vgg9 takes 8 conv widths, got {list(channels)}")
+    pools = (False, True, False, True, False, True, False, True)
+    return _vgg(list(zip(channels, pools)), (), num_classes, in_channels, image_size, init_gain,
+                output_gain, conv_fan, "vgg9", skips)
+
+
 def vgg10(num_classes: int = 1000, in_channels: int = 3, image_size: int = 224, *,
           channels: Sequence[int] = (64, 128, 256, 256, 512, 512, 512, 512),
           dense: int = 2048, init_gain: float = 1.0, output_gain: float = 1.0,
@@ -383,6 +408,7 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {"mlp": _Entry(mlp, 28), "vgg5": _Entry(vgg5, 32),
+                                "vgg7": _Entry(vgg7, 32), "vgg9": _Entry(vgg9, 32),
                                 "vgg10": _Entry(vgg10, 224), "vgg10skip": _Entry(vgg10skip, 224)}
 
 

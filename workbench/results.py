@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from typing import Callable, Optional, Sequence
 
 import plotly.graph_objects as go
@@ -20,14 +21,17 @@ from .presets import PAPER_TABLE1, PAPER_TABLE2
 from .settings import EstimatorSettings
 
 __all__ = ["EXPERIMENTS", "method", "fig1", "fig2", "fig3", "fig4", "fig5", "table1", "table2",
-           "table3", "by_model", "html_table", "mean_curve"]
+           "table3", "by_model", "depth", "layers_of", "html_table", "mean_curve"]
 
 MARGIN = dict(t=50, b=40, l=50, r=10)
 
 
 def method(run: R.Run) -> str:
-    """``BP`` or the EP scheme of a run."""
-    return "BP" if run.config.get("algorithm") == "bp" else run.flat.get("scheme", "?")
+    """``BP``, ``iPC``, ``IL`` or the EP scheme of a run."""
+    algorithm, scheme = run.config.get("algorithm"), run.flat.get("scheme", "?")
+    if algorithm in ("bp", "ipc"):
+        return {"bp": "BP", "ipc": "iPC"}[algorithm]
+    return "IL" if scheme == "il" else scheme
 
 
 def _done(runs: Sequence[R.Run]) -> list[R.Run]:
@@ -83,6 +87,14 @@ def _groups(runs: Sequence[R.Run], key: Callable[[R.Run], tuple]) -> dict:
 def _summary(runs: Sequence[R.Run], metric="test_top1_error") -> tuple:
     agg = R.aggregate(runs, [], metric)[0] if runs else {"mean": None, "sd": None, "n": 0}
     return agg["mean"], agg["sd"], agg["n"]
+
+
+def _final(members: Sequence[R.Run]) -> tuple[str, str, str]:
+    """``("n/N finished", top-1 %, top-5 %)`` of a group of runs: mean ± sd over the finished."""
+    done = _done(members)
+    m1, s1, n = _summary(done)
+    m5, s5, _ = _summary(done, "test_top5_error")
+    return f"{n}/{len(members)}", _pct(m1, s1, n), _pct(m5, s5, n)
 
 
 def _perturbation(run: R.Run) -> str:
@@ -194,14 +206,10 @@ def table1(runs: Sequence[R.Run]) -> list:
     rows = []
     key = (lambda r: (r.config.get("dataset"), r.flat.get("cost"), method(r)))
     for (ds, cost, alg), members in _groups(runs, key).items():
-        done = _done(members)
-        m1, s1, n = _summary(done)
-        m5, s5, _ = _summary(done, "test_top5_error")
         paper = PAPER_TABLE1.get((ds, cost, "bp" if alg == "BP" else "ep"))
         ptxt = "–" if paper is None else _paper(*paper[:2]) + (
             f" / {_paper(*paper[2:])}" if paper[2] is not None else "")
-        rows.append([ds, cost, alg if alg == "BP" else f"EP ({alg})", f"{n}/{len(members)}",
-                     _pct(m1, s1, n), _pct(m5, s5, n), ptxt])
+        rows.append([ds, cost, alg if alg == "BP" else f"EP ({alg})", *_final(members), ptxt])
     return [html_table(["dataset", "cost", "algorithm", "finished", "top-1 % (ours)",
                         "top-5 % (ours)", "paper top-1 / top-5 %"], rows,
                        "Table 1: final test error, mean ± sd over seeds")]
@@ -213,11 +221,8 @@ def table2(runs: Sequence[R.Run]) -> list:
     rows = []
     for (model, alg), members in _groups(runs, lambda r: (r.config.get("model"),
                                                           method(r))).items():
-        done = _done(members)
-        m1, s1, n = _summary(done)
-        m5, s5, _ = _summary(done, "test_top5_error")
         paper = PAPER_TABLE2.get((model, "bp" if alg == "BP" else alg))
-        rows.append([model, alg, f"{n}/{len(members)}", _pct(m1, s1, n), _pct(m5, s5, n),
+        rows.append([model, alg, *_final(members),
                      "–" if paper is None else f"{paper[0]} / {paper[1]}"])
     table = html_table(["model", "algorithm", "finished", "top-1 % (ours)", "top-5 % (ours)",
                         "paper top-1 / top-5 %"], rows,
@@ -233,12 +238,9 @@ def table3(runs: Sequence[R.Run]) -> list:
     key = (lambda r: (r.config.get("dataset"), method(r) == "BP", r.flat.get("update"),
                       r.flat.get("iterations")))
     for (ds, bp, update, k), members in _groups(runs, key).items():
-        done = _done(members)
-        m1, s1, n = _summary(done)
-        m5, s5, _ = _summary(done, "test_top5_error")
         diverged = sum(1 for r in members if r.state.get("state") == "failed")
-        rows.append([ds, "BP" if bp else f"{update} ({k})", f"{n}/{len(members)}",
-                     diverged, _pct(m1, s1, n), _pct(m5, s5, n)])
+        finished, top1, top5 = _final(members)
+        rows.append([ds, "BP" if bp else f"{update} ({k})", finished, diverged, top1, top5])
     table = html_table(["dataset", "rule (K)", "finished", "failed / diverged", "top-1 %",
                         "top-5 %"], rows, "Table 3: PGD vs mod-PGD, final test error, "
                         "mean ± sd over seeds")
@@ -252,14 +254,51 @@ def by_model(runs: Sequence[R.Run]) -> list:
     rows = []
     key = (lambda r: (r.config.get("dataset"), r.config.get("model"), method(r)))
     for (ds, model, alg), members in _groups(runs, key).items():
-        done = _done(members)
-        m1, s1, n = _summary(done)
-        m5, s5, _ = _summary(done, "test_top5_error")
-        rows.append([ds, model, alg, f"{n}/{len(members)}", _pct(m1, s1, n), _pct(m5, s5, n)])
+        rows.append([ds, model, alg, *_final(members)])
     table = html_table(["dataset", "model", "algorithm", "finished", "top-1 %", "top-5 %"], rows,
                        "final test error, mean ± sd over seeds")
     return [table, _curves(runs, ["model"], ["test_top1_error"],
                            "test error per epoch (EP solid, BP dashed)")]
+
+
+def layers_of(run: R.Run) -> Optional[int]:
+    """The number of weight layers of a run's model: an mlp's hidden widths plus its output,
+    VGG-n's n (None for other models)."""
+    model, args = run.config.get("model"), run.config.get("model_args") or {}
+    if model == "mlp":
+        return len(args.get("widths", (512, 512))) + 1
+    m = re.fullmatch(r"vgg(\d+)", model or "")
+    return int(m.group(1)) if m else None
+
+
+def depth(runs: Sequence[R.Run]) -> list:
+    """Final test error against depth, one line per training method, for the mlps and the VGGs
+    (mean over seeds), and the same numbers as a table."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("mlp", "VGG"))
+    rows, methods = [], []
+    key = (lambda r: ("VGG" if (r.config.get("model") or "").startswith("vgg") else "mlp",
+                      method(r), layers_of(r)))
+    groups = _groups(runs, key)
+    for (family, alg, layers), members in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], kv[0][2] or 0)):
+        rows.append([family, layers, alg, *_final(members)[:2]])
+        if alg not in methods:
+            methods.append(alg)
+    for i, alg in enumerate(methods):
+        for col, family in enumerate(("mlp", "VGG"), start=1):
+            points = sorted((layers, _summary(_done(ms))[0])
+                            for (fam, a, layers), ms in groups.items()
+                            if fam == family and a == alg and layers is not None)
+            fig.add_scatter(x=[p[0] for p in points],
+                            y=[None if p[1] is None else 100 * p[1] for p in points],
+                            mode="lines+markers", name=alg, legendgroup=alg,
+                            showlegend=col == 1, line=dict(color=_color(i)), row=1, col=col)
+    fig.update_layout(title="final test error against depth (mean over seeds)", height=420,
+                      margin=MARGIN)
+    fig.update_xaxes(title_text="weight layers")
+    fig.update_yaxes(title_text="top-1 error %")
+    return [html_table(["family", "layers", "method", "finished", "top-1 %"], rows,
+                       "final test error by depth and training method"), fig]
 
 
 #: sweep name (without ``-small``) → (title, drawing function, what the paper reports)
@@ -286,4 +325,7 @@ EXPERIMENTS: dict[str, tuple[str, Callable, Optional[str]]] = {
                "in the text this workbench was built from."),
     "resnet18": ("Beyond the paper: ResNet-18 with BatchNorm (and a ViT), EP vs BP", by_model,
                  None),
+    "depth": ("Beyond the paper: error against depth for BP, EP, IL and iPC", depth,
+              "the paper sets EP against predictive coding's training in App. C; PC work "
+              "(PCX, Qi et al. 2025) reports inference learning degrading with depth."),
 }

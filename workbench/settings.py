@@ -16,15 +16,19 @@ from .energy import COSTS
 from .flags import option
 
 SCHEMES = ("forward", "backward", "centered", "random")
-ALL_SCHEMES = SCHEMES + ("bp",)
+#: predictive coding's own training: inference learning (docs/method.md §10)
+PC_SCHEMES = ("il",)
+ALL_SCHEMES = SCHEMES + PC_SCHEMES + ("bp",)
 SIGN_MODES = ("example", "batch")
 UPDATES = ("mod_pgd", "pgd")
 ORDERS = ("async", "sync")
 PRECISIONS = ("auto", "strict", "fast")
 PERTURBATIONS = ("nudge", "clamp")
+STATE_OPTIMIZERS = ("gd", "momentum", "adam")
 
-__all__ = ["EstimatorSettings", "SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "UPDATES", "ORDERS",
-           "PRECISIONS", "PERTURBATIONS", "check_choice", "check_beta", "check_iterations"]
+__all__ = ["EstimatorSettings", "SCHEMES", "PC_SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "UPDATES",
+           "ORDERS", "PRECISIONS", "PERTURBATIONS", "STATE_OPTIMIZERS", "check_choice",
+           "check_beta", "check_iterations"]
 
 
 def check_choice(what: str, value, accepted) -> None:
@@ -59,6 +63,14 @@ class EstimatorSettings:
     or ``clamp`` (the output held at ``(1 − β) h⁰_L + β·onehot(y)``, β signed by the scheme;
     ``cost`` then enters only the reported loss). ``step_size``: α of the projected gradient
     descent (docs/method.md §2; α = 1 gives the closed-form updates).
+
+    ``scheme="il"`` is predictive coding's inference learning (docs/method.md §10): the output
+    clamped to the target (``cost`` ``mse``: to onehot(y); ``ce``: the output's energy term is
+    the cross-entropy of its prediction), ``iterations`` steps of projected gradient descent on
+    E with step ``step_size`` in the given ``order``, the gradient ∂E/∂θ at the relaxed state
+    (no 1/β); ``beta``, ``perturbation`` and ``update`` do not apply to it. ``state_optimizer``:
+    how IL's steps use the gradient of E with respect to the states — ``gd`` (plain), ``momentum``
+    (heavy ball, ``state_momentum``) or ``adam`` (β₁ = ``state_momentum``, β₂ = 0.999, ε = 1e-8).
     """
     scheme: str = option("centered", "EP estimator (bp: the backprop reference)", ALL_SCHEMES)
     beta: float = option(0.05, "nudging strength β > 0 (the scheme sets its sign)")
@@ -77,6 +89,9 @@ class EstimatorSettings:
                            "(1 − β) h⁰ + β·onehot(y) (Eq. 8; no cost function)", PERTURBATIONS)
     step_size: float = option(1.0, "step size α of the nudged phase's projected gradient descent "
                           "(1: the closed forms)")
+    state_optimizer: str = option("gd", "il: the optimizer of the states (plain gradient descent, "
+                                  "momentum or Adam)", STATE_OPTIMIZERS)
+    state_momentum: float = option(0.9, "il: momentum of the state optimizer (Adam: its β₁)")
 
     def __post_init__(self):
         check_choice("scheme", self.scheme, ALL_SCHEMES)
@@ -86,6 +101,16 @@ class EstimatorSettings:
         check_choice("sign mode", self.signs, SIGN_MODES)
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("perturbation", self.perturbation, PERTURBATIONS)
+        check_choice("state optimizer", self.state_optimizer, STATE_OPTIMIZERS)
+        if isinstance(self.state_momentum, bool) or not isinstance(self.state_momentum,
+                                                                    (int, float)) \
+                or not 0 <= self.state_momentum < 1:
+            raise ValueError(f"state_momentum must be a number in [0, 1), got "
+                             f"{self.state_momentum!r}")
+        if self.state_optimizer != "gd" and self.scheme not in PC_SCHEMES:
+            raise ValueError(f"state_optimizer={self.state_optimizer!r} is for scheme 'il' (its "
+                             f"inference steps); EP's nudged phase moves by its update rule "
+                             f"(update=mod_pgd|pgd, step_size)")
         if isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float)) \
                 or not math.isfinite(self.step_size) or self.step_size <= 0:
             raise ValueError(f"step_size must be a finite number > 0 (1: the closed-form "

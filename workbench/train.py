@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import data, distributed, ep, models
+from . import data, distributed, ep, models, pc
 from .blocks import kept_statistics
 from .config import RESUMABLE, TrainConfig, add_arguments, config_from_args, saved_config
 from .data.loader import EpochBatches, fixed_batch, make_loader, mix_seed
@@ -70,7 +70,9 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
 # the trainer
 # ---------------------------------------------------------------------------------------------
 def _default_run_dir(cfg: TrainConfig) -> str:
-    what = cfg.algorithm if cfg.algorithm == "bp" else f"ep-{cfg.estimator.scheme}"
+    scheme = cfg.estimator.scheme
+    what = cfg.algorithm if cfg.algorithm in ("bp", "ipc") else \
+        (scheme if scheme == "il" else f"ep-{scheme}")
     return str(Path("runs") / f"{cfg.model}-{cfg.dataset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
@@ -115,7 +117,7 @@ class Trainer:
         self.train_set, self.test_set = build_datasets(cfg)
         torch.manual_seed(cfg.seed)
         self.net = build_model(cfg, self.train_set).to(device).train()
-        self.params = list(self.net.parameters())
+        self.params = [p for _, p in ep.trainable(self.net)]
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
         n_train = min(len(self.train_set), cfg.limit_train or len(self.train_set))
@@ -173,6 +175,16 @@ class Trainer:
         lr = learning_rate(cfg, self.step, self.steps_per_epoch)
         for group in self.opt.param_groups:
             group["lr"] = lr
+        if cfg.algorithm == "ipc":          # the weights step inside, after every inference step
+            out = pc.ipc_step(self.net, x, y, cfg.estimator, self.opt,
+                              before_update=self._averaged_and_finite)
+            stats = torch.tensor([out["loss"], out["energy"], out["state_change"]],
+                                 device=self.device)
+            self.dist.average([stats])
+            loss, energy, change = stats.tolist()
+            self._check_finite(("training loss", loss), ("final energy", energy))
+            self.step += 1
+            return loss, energy, change
         self.opt.zero_grad(set_to_none=True)
         if cfg.algorithm == "bp":
             est = ep.estimate(self.net, x, y, cfg.estimator, scheme="bp")
@@ -184,17 +196,24 @@ class Trainer:
                               sum(p.final_energy for p in phases) / max(len(phases), 1),
                               sum(float(p.state_change[-1].max()) for p in phases)
                               / max(len(phases), 1)], device=self.device)
-        grads = [p.grad for p in self.params]
-        self.dist.average(grads + [stats])
-        grad_sq = torch.stack([torch.linalg.vector_norm(g) for g in grads]).pow(2).sum()
+        self.dist.average([stats])
+        self._averaged_and_finite([p.grad for p in self.params])
         loss, energy, change = stats.tolist()
-        for what, value in (("training loss", loss), ("final energy", energy),
-                            ("gradient norm", float(grad_sq.sqrt()))):
-            if not math.isfinite(value):
-                raise NonFiniteError(self._stop_message(what, value))
+        self._check_finite(("training loss", loss), ("final energy", energy))
         self.opt.step()
         self.step += 1
         return loss, energy, change
+
+    def _averaged_and_finite(self, grads: list) -> None:
+        """The gradients averaged over the processes, then checked finite (before any update)."""
+        self.dist.average(grads)
+        grad_sq = torch.stack([torch.linalg.vector_norm(g) for g in grads]).pow(2).sum()
+        self._check_finite(("gradient norm", float(grad_sq.sqrt())))
+
+    def _check_finite(self, *values) -> None:
+        for what, value in values:
+            if not math.isfinite(value):
+                raise NonFiniteError(self._stop_message(what, value))
 
     def _stop_message(self, what: str, value: float) -> str:
         ckpt = self.folder.file(CHECKPOINT)
@@ -364,7 +383,7 @@ class Trainer:
         self.acc["seconds"] += time.perf_counter() - tick
         tick = time.perf_counter()
         test = self.evaluate()
-        acc, ep_mode = self.acc, cfg.algorithm == "ep"
+        acc, ep_mode = self.acc, cfg.algorithm != "bp"
         row = {"type": "epoch", "epoch": epoch + 1, "step": self.step,
                "train_loss": acc["loss"] / acc["steps"], **test,
                "lr": self.opt.param_groups[0]["lr"],

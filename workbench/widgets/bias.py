@@ -10,7 +10,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from .. import ep
-from .common import COLORS, MARGIN, Explorer, finite, layer_options, replace_traces
+from .common import ESTIMATORS, COLORS, MARGIN, Explorer, finite, layer_options, replace_traces
 from .lab import Lab, log_slope, relative_error
 
 __all__ = ["GradientBiasExplorer"]
@@ -40,8 +40,8 @@ class GradientBiasExplorer(Explorer):
                  converged_iterations: int = 200,
                  dtype: torch.dtype = torch.float64, seed: int = 0):
         for s in schemes:
-            if s not in ep.SCHEMES:
-                raise ValueError(f"unknown scheme {s!r}; accepted: {', '.join(ep.SCHEMES)}")
+            if s not in ESTIMATORS:
+                raise ValueError(f"unknown scheme {s!r}; accepted: {', '.join(ESTIMATORS)}")
         if len(betas) < 2 or min(betas) <= 0:
             raise ValueError(f"betas must hold at least two values > 0, got {list(betas)}")
         if not iterations_sweep or min(iterations_sweep) < 1:
@@ -56,7 +56,7 @@ class GradientBiasExplorer(Explorer):
         self.iterations_sweep = sorted(int(k) for k in iterations_sweep)
         self.slopes: dict[str, float] = {}
         extra = {
-            "schemes": W.SelectMultiple(options=list(ep.SCHEMES), value=tuple(schemes),
+            "schemes": W.SelectMultiple(options=list(ESTIMATORS), value=tuple(schemes),
                                         description="schemes", rows=4),
             "layer": W.Dropdown(options=[("all", 0)], value=0, description="sweep layer"),
             "fit": W.Dropdown(options=[(f"{b:g}", b) for b in self.betas[1:]],
@@ -134,7 +134,7 @@ class GradientBiasExplorer(Explorer):
         replace_traces(self.figures[figure], bars)
 
     def redraw(self) -> None:
-        schemes = [s for s in ep.SCHEMES if s in self.controls["schemes"].value]
+        schemes = [s for s in ESTIMATORS if s in self.controls["schemes"].value]
         self._bar_pairs("layers", {s: self.rows(s) for s in schemes}, "cosine", "rel_error")
         self._bar_pairs("split", {s: self.split(s) for s in schemes}, "bias", "truncation")
         self.slopes = {}

@@ -7,14 +7,16 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from ..settings import ORDERS, PERTURBATIONS, UPDATES
+from ..settings import ORDERS, PC_SCHEMES, PERTURBATIONS, SCHEMES, UPDATES
 from .lab import Lab, load_run
 
-__all__ = ["Explorer", "COLORS", "PHASE_DASH", "MARGIN", "layer_options", "positive", "finite",
+__all__ = ["Explorer", "ESTIMATORS", "COLORS", "PHASE_DASH", "MARGIN", "layer_options", "positive", "finite",
            "replace_traces"]
 
+#: what the explorers compare: the EP schemes and inference learning (docs/method.md §10)
+ESTIMATORS = SCHEMES + PC_SCHEMES
 COLORS = {"forward": "#1f77b4", "backward": "#d62728", "centered": "#2ca02c",
-          "random": "#9467bd"}
+          "random": "#9467bd", "il": "#ff7f0e"}
 PHASE_DASH = ("solid", "dash")
 MARGIN = dict(t=40, b=40, l=50, r=10)
 

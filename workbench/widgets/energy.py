@@ -9,7 +9,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from .. import ep
-from .common import MARGIN, PHASE_DASH, Explorer, finite, layer_options, positive, replace_traces
+from .common import ESTIMATORS, MARGIN, PHASE_DASH, Explorer, finite, layer_options, positive, replace_traces
 from .lab import Lab
 
 __all__ = ["EnergyExplorer", "phase_names"]
@@ -34,10 +34,10 @@ class EnergyExplorer(Explorer):
     def __init__(self, models=None, data=None, *, batch_size: int = 16, cost: str = "ce",
                  beta: float = 0.05, iterations: int = 10, scheme: str = "centered",
                  dtype: torch.dtype = torch.float64, seed: int = 0):
-        if scheme not in ep.SCHEMES:
-            raise ValueError(f"unknown scheme {scheme!r}; accepted: {', '.join(ep.SCHEMES)}")
+        if scheme not in ESTIMATORS:
+            raise ValueError(f"unknown scheme {scheme!r}; accepted: {', '.join(ESTIMATORS)}")
         extra = {
-            "scheme": W.Dropdown(options=list(ep.SCHEMES), value=scheme, description="scheme"),
+            "scheme": W.Dropdown(options=list(ESTIMATORS), value=scheme, description="scheme"),
             "phase": W.Dropdown(options=[("+β", 0)], value=0, description="phase"),
             "layers": W.SelectMultiple(options=[], description="layers", rows=4),
         }
@@ -141,4 +141,5 @@ class EnergyExplorer(Explorer):
 def phase_names(est: ep.Estimate) -> list[str]:
     if est.scheme == "random":
         return ["±β (random signs)"]
-    return {"forward": ["+β"], "backward": ["−β"], "centered": ["+β", "−β"]}[est.scheme]
+    return {"forward": ["+β"], "backward": ["−β"], "centered": ["+β", "−β"],
+            "il": ["IL (output clamped)"]}[est.scheme]
