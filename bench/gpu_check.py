@@ -31,6 +31,10 @@ unless said otherwise):
   and with TF32 off (``Precision.free_ieee``, the default).
 * ``convs``     the rounding of single fp32 convolutions on CUDA in strict mode (cuDNN's
   choice, benchmark, deterministic) and with TF32, against float64.
+* ``general``   the general path (any block as a layer; strict precision only): resnet18 at
+  224×224 (BatchNorm in train mode, batch 8 for fidelity, 64 for speed, K = 10) and a small
+  vit (32 px, K = 6): per-layer cosines of centered EP (β = 0.005, batch signs) and BP with
+  float64 runs on the CPU, and ms per step of BP and centered EP on the device.
 """
 from __future__ import annotations
 
@@ -63,10 +67,21 @@ SMOKE = {**FULL, "image_size": 32, "num_classes": 10, "iterations": 6,
          "train": dict(dataset="synthetic", model="mlp", image_size=8,
                        model_args={"widths": [16]}, batch_size=16, beta=0.05, iterations=3,
                        lr=0.05, workers=0, limit_test=64, calibration_steps=3)}
+# the general path (any block as a layer, strict precision only): per-layer fidelity against
+# float64 on the CPU, and EP beside BP
+GENERAL_FULL = {"resnet18": dict(image_size=224, num_classes=1000, overrides={}, iterations=10,
+                                 fidelity_batch=8, speed_batch=64),
+                "vit": dict(image_size=32, num_classes=10, overrides={}, iterations=6,
+                            fidelity_batch=16, speed_batch=128)}
+GENERAL_SMOKE = {"resnet18": dict(image_size=32, num_classes=10, overrides=dict(width=4),
+                                  iterations=4, fidelity_batch=4, speed_batch=4),
+                 "vit": dict(image_size=16, num_classes=10,
+                             overrides=dict(patch=8, dim=8, depth=1, heads=2), iterations=4,
+                             fidelity_batch=4, speed_batch=4)}
 TARGETS = {"centered": 600.0, "forward": 1100.0, "backward": 1100.0, "random": 1100.0}
 MAX_RATIO = 12.0
 SECTIONS = ("tests", "speed", "profile", "fidelity", "memory", "train", "fused",
-            "profile-fused", "fidelity-fused", "convs")
+            "profile-fused", "fidelity-fused", "convs", "general")
 DEFAULT_SECTIONS = ("tests", "speed", "profile", "fidelity", "memory", "train")
 
 
@@ -111,6 +126,26 @@ def speed_section(cfg, device, fused=False):
     return {p: bench.speed(net, x, y, cfg["algorithms"], precision=p,
                            iterations=cfg["iterations"], warmup=cfg["warmup"],
                            repeats=cfg["repeats"], fused=fused) for p in precisions}
+
+
+def general_section(specs, cfg, device):
+    """resnet18 (BatchNorm in train mode) and vit through the general path, strict fp32 on
+    ``device``: per-layer cosines of centered EP and BP with float64 runs on the CPU (the
+    fidelity rule of docs/method.md), then ms per step of BP and centered EP."""
+    out = {}
+    for name, spec in specs.items():
+        net, x, y = bench.make_batch(name, spec["image_size"], 3, spec["num_classes"],
+                                     spec["fidelity_batch"], device, **spec["overrides"])
+        fid = bench.fidelity(net, x, y, ("centered",), precisions=("strict",),
+                             betas=(0.005,), iterations=spec["iterations"],
+                             reference_device="cpu", signs="batch")
+        net, x, y = bench.make_batch(name, spec["image_size"], 3, spec["num_classes"],
+                                     spec["speed_batch"], device, **spec["overrides"])
+        sp = bench.speed(net, x, y, ("bp", "centered"), iterations=spec["iterations"],
+                         warmup=cfg["warmup"], repeats=cfg["repeats"])
+        out[name] = {"fidelity": fid, "speed": sp, "batch": spec["speed_batch"],
+                     "image_size": spec["image_size"]}
+    return out
 
 
 def convs_section(cfg, device):
@@ -367,6 +402,18 @@ def table(report) -> str:
             for op in r["ops"]:
                 lines.append(f"  {op['name'][:44]:<44} {op['calls']:>6} calls {op['ms']:>9.2f} ms "
                              f"{100 * op['share']:>5.1f}%")
+    gen = report["sections"].get("general")
+    if isinstance(gen, dict) and "error" not in gen:
+        lines.append("\ngeneral path, strict fp32 (cosine with float64 per layer; ms per step):")
+        for name, r in gen.items():
+            cos = r["fidelity"]["betas"]["0.005"]["centered"]["strict"]["cosine"]
+            bp = r["fidelity"]["bp"]["strict"]
+            sp = r["speed"]
+            lines.append(f"  {name:<9} centered min cos {min(cos):.6f}, BP min cos {min(bp):.6f}, "
+                         f"pass {r['fidelity']['pass']}; batch {r['batch']} at "
+                         f"{r['image_size']} px: BP {sp['bp']['ms_per_step']:.1f} ms, centered "
+                         f"{sp['centered']['ms_per_step']:.1f} ms "
+                         f"({sp['centered'].get('time_vs_bp', float('nan')):.1f}x BP)")
     tr = report["sections"].get("train")
     if isinstance(tr, dict) and "error" not in tr:
         t = cfg["train"]
@@ -427,7 +474,9 @@ def main(argv=None) -> int:
            "profile-fused": lambda: profile_section(cfg, device, fused=True),
            "fidelity-fused": lambda: fidelity_fused_section(
                cfg, device, ("default", "tf32") if args.tf32_free else ("default",)),
-           "convs": lambda: convs_section(cfg, device)}
+           "convs": lambda: convs_section(cfg, device),
+           "general": lambda: general_section(GENERAL_SMOKE if args.cpu_smoke else GENERAL_FULL,
+                                              cfg, device)}
     t0 = time.monotonic()
     report = {"config": {k: v for k, v in cfg.items()}, "environment": bench.environment(device),
               "sections": {}}

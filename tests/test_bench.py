@@ -196,6 +196,21 @@ def test_gpu_check_cpu_smoke_runs_every_section(tmp_path):
     assert f"wrote {tmp_path / 'gpu_check.json'}" in r.stdout
 
 
+def test_gpu_check_general_section_cpu_smoke(tmp_path):
+    """Oracle: float64 — the script's general section (resnet18 with train-mode BatchNorm, vit)
+    in its CPU dry run: strict-mode centered EP and BP match their float64 runs (cosine ≥
+    0.9999 on every layer), and BP and EP were both timed."""
+    r = _script("--cpu-smoke", "--sections", "general", env={"OUT": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    gen = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]["general"]
+    assert set(gen) == {"resnet18", "vit"}, gen
+    for name, sec in gen.items():
+        assert min(sec["fidelity"]["betas"]["0.005"]["centered"]["strict"]["cosine"]) >= 0.9999
+        assert min(sec["fidelity"]["bp"]["strict"]) >= 0.9999, name
+        assert sec["speed"]["bp"]["ms_per_step"] > 0 and sec["speed"]["centered"]["ms_per_step"] > 0
+    assert "general path, strict fp32" in r.stdout
+
+
 def test_profile_bookkeeping_union_and_categories():
     """Oracles: hand-computed interval arithmetic — kernels at [0, 2], [1, 3], [5, 6] are busy
     4 µs of a 6 µs span (2 µs of gaps); and the category table — operators are counted under
