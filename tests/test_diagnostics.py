@@ -175,3 +175,28 @@ def test_switched_counts_units_at_exactly_zero_as_off_and_are_float64():
     want = float(((a2 > 0) != (free.a[2] > 0)).double().mean())
     assert abs(float(tr.switched[-1, 1]) - want) < 1e-12 and want > 0
     assert float(tr.switched[-1, 0]) == 0
+
+
+def test_diagnose_is_four_rows_per_layer_of_the_recounted_fractions():
+    """Oracle: an explicit forward computation of the nudged pre-activations (as in the recount
+    above) — on an mlp driven hard (MSE, β = 200, 20 iterations) units of the second hidden
+    layer switch (the first layer's pre-activation is a function of the input alone, so it
+    never does), and diagnose() returns exactly those fractions in a (4, L) float64 table
+    (rows: switched, pool changes — none in an mlp —, residual max and RMS)."""
+    from workbench.diagnostics import diagnose
+    net, x, y = small("mlp", seed=2)
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    phase = NudgedPhase(net, free, y, torch.full((x.shape[0], 1), 200.0, dtype=F64), "mse",
+                        "mod_pgd", "async")
+    phase.run(20)
+    out = diagnose(phase)
+    L = len(net.layers)
+    assert out.shape == (4, L) and out.dtype == F64
+    states = [phase.state(k) if k else free.h[0] for k in range(L + 1)]
+    for k, layer in enumerate(net.layers, start=1):
+        if layer.relu:
+            a = pre_activation(net, k, states)
+            frac = float(((a > 0) != (free.a[k] > 0)).double().mean())
+            assert abs(float(out[0, k - 1]) - frac) < 1e-12, k
+    assert float(out[0, 0]) == 0 and float(out[0, 1]) > 0
+    assert float(out[1].abs().max()) == 0 and float(out[2].max()) > 0

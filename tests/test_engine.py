@@ -389,6 +389,32 @@ def test_estimator_settings_round_trip_through_a_dict():
     assert s.to_dict()["step_size"] == 0.5 and s.to_dict()["tol"] == 1e-6
 
 
+def test_estimator_settings_boundaries_and_messages():
+    """Oracle: the settings' contract (docs/method.md §3) — the smallest accepted values are
+    accepted (K = 1; any β > 0), a bool is not a number, each refusal names the field, and
+    replace() refuses an unknown name with a ValueError that names it."""
+    S = ep.EstimatorSettings
+    assert S(iterations=1).iterations == 1
+    assert S(beta=1e-300).beta == 1e-300
+    for bad in (True, False):
+        with pytest.raises(ValueError, match="beta must be a finite positive number"):
+            S(beta=bad)
+        with pytest.raises(ValueError, match="iterations must be an integer"):
+            S(iterations=bad)
+    for field, label in (("scheme", "scheme"), ("cost", "cost"), ("update", "update rule"),
+                         ("order", "order"), ("signs", "sign mode"), ("precision", "precision"),
+                         ("perturbation", "perturbation"),
+                         ("state_optimizer", "state optimizer")):
+        with pytest.raises(ValueError, match=f"^unknown {label} 'bogus'; accepted: "):
+            S(**{field: "bogus"})
+    with pytest.raises(ValueError, match="state_momentum must be a number in"):
+        S(scheme="il", state_momentum=True)
+    assert S(scheme="il", state_optimizer="momentum", state_momentum=0).state_momentum == 0
+    with pytest.raises(ValueError, match=r"unknown estimator settings \['bogus'\]"):
+        S().replace(bogus=1)
+    assert S().replace(beta=0.5, iterations=3) == S(beta=0.5, iterations=3)
+
+
 def test_compare_and_relative_error_by_their_formulas():
     """Oracle: the definitions written out here — per layer cos = g·r / (‖g‖‖r‖) and rel =
     ‖g − r‖ / ‖r‖ over the layer's weight and bias; NaN where a norm is zero (a zero estimate
