@@ -410,6 +410,20 @@ def test_estimator_settings_boundaries_and_messages():
     with pytest.raises(ValueError, match="state_momentum must be a number in"):
         S(scheme="il", state_momentum=True)
     assert S(scheme="il", state_optimizer="momentum", state_momentum=0).state_momentum == 0
+    for bad in (1, 1.0, 1.5, "0.9"):
+        with pytest.raises(ValueError, match="state_momentum must be a number in"):
+            S(scheme="il", state_momentum=bad)
+    with pytest.raises(ValueError, match="is for scheme 'il'"):
+        S(scheme="centered", state_optimizer="adam")
+    assert S(scheme="il", state_optimizer="adam").state_optimizer == "adam"
+    for bad in (True, float("inf"), "1", 0, -0.5):
+        with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+            S(step_size=bad)
+    assert S(scheme="bp", beta=0.0, iterations=0).scheme == "bp"     # unused by BP: not checked
+    assert S(tol=0).tol == 0 and S(tol=1e-9).tol == 1e-9
+    for bad in (True, -1e-9, "0", float("nan")):
+        with pytest.raises(ValueError, match="tol must be None or a number >= 0"):
+            S(tol=bad)
     with pytest.raises(ValueError, match=r"unknown estimator settings \['bogus'\]"):
         S().replace(bogus=1)
     assert S().replace(beta=0.5, iterations=3) == S(beta=0.5, iterations=3)
