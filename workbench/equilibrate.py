@@ -186,17 +186,36 @@ def hidden_rule(activation: str, update: str, step_size: float) -> Rule:
     return stepped
 
 
+class StateMoments:
+    """The memory of one layer's state optimizer (IL, docs/method.md §10): ``direction(g, t)``
+    → ``u``, the step being ``α u``: ``momentum`` (``m ← μ m + g``, ``u = m``) or ``adam``
+    (``β₁ = μ``, ``β₂ = 0.999``, bias-corrected at step count ``t``, ``u = m̂ / (√v̂ + 1e-8)``).
+    Used by the engine's IL rule and by iPC (:mod:`workbench.pc`)."""
+
+    def __init__(self, kind: str, momentum: float):
+        self.kind, self.mu = kind, float(momentum)
+        self.m: Opt = None
+        self.v: Opt = None
+
+    def direction(self, g: torch.Tensor, t: int) -> torch.Tensor:
+        if self.kind == "momentum":
+            self.m = g if self.m is None else self.mu * self.m + g
+            return self.m
+        b1, b2 = self.mu, 0.999
+        self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
+        self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
+        return (self.m / (1 - b1 ** t)) / ((self.v / (1 - b2 ** t)).sqrt() + 1e-8)
+
+
 class StateOptimizerRule:
     """A hidden layer's inference step under a state optimizer with memory (IL, docs/method.md
     §10): the gradient of E with respect to the state, ``g = ε_k − Δ_k`` (from deviations only),
-    then ``momentum`` (``v ← μ v + g``, step ``α v``) or ``adam`` (bias-corrected moments, step
-    ``α m̂ / (√v̂ + 1e-8)``), and the projection of a ReLU layer (``h ← relu(h − step)``). The
-    moments live in the rule: one rule per layer per phase."""
+    a :class:`StateMoments` step ``α u``, and the projection of a ReLU layer
+    (``h ← relu(h − α u)``). The moments live in the rule: one rule per layer per phase."""
 
     def __init__(self, kind: str, relu: bool, step_size: float, momentum: float):
-        self.kind, self.relu, self.alpha, self.mu = kind, relu, float(step_size), float(momentum)
-        self.m: Opt = None
-        self.v: Opt = None
+        self.relu, self.alpha = relu, float(step_size)
+        self.moments = StateMoments(kind, momentum)
         self.t = 0
 
     def __call__(self, ew, a0, h0, d, da, delta):
@@ -209,18 +228,10 @@ class StateOptimizerRule:
         g = eps if delta is None else (-delta.to(a0.dtype) if eps is None
                                        else eps - delta.to(a0.dtype))
         self.t += 1                          # Adam's step count: every step, moved or not
-        if g is None and self.m is None:
+        if g is None and self.moments.m is None:
             return d
-        g = torch.zeros_like(self.m) if g is None else g
-        if self.kind == "momentum":
-            self.m = g if self.m is None else self.mu * self.m + g
-            step = self.alpha * self.m
-        else:
-            b1, b2 = self.mu, 0.999
-            self.m = (1 - b1) * g if self.m is None else b1 * self.m + (1 - b1) * g
-            self.v = (1 - b2) * g * g if self.v is None else b2 * self.v + (1 - b2) * g * g
-            m_hat, v_hat = self.m / (1 - b1 ** self.t), self.v / (1 - b2 ** self.t)
-            step = self.alpha * m_hat / (v_hat.sqrt() + 1e-8)
+        g = torch.zeros_like(self.moments.m) if g is None else g
+        step = self.alpha * self.moments.direction(g, self.t)
         s = -step if d is None else d - step
         return kernels.relu_shift(h0, s) if self.relu else s
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from . import energy
 from .blocks import frozen_statistics
 from .ep import check_batch, trainable
+from .equilibrate import StateMoments
 from .settings import EstimatorSettings
 
 __all__ = ["ipc_step", "il_energy"]
@@ -46,25 +47,21 @@ def il_energy(net, states: list, y: torch.Tensor, cost: str) -> torch.Tensor:
 
 
 class _StateSteps:
-    """The state optimizer of one training step: ``step(k, h, g)`` → the new ``h_k``."""
+    """The state optimizer of one training step: ``step(k, h, g)`` → the new ``h_k`` (its
+    memory per layer: :class:`~workbench.equilibrate.StateMoments`, as IL's)."""
 
     def __init__(self, s: EstimatorSettings, relu: list):
-        self.s, self.relu, self.m, self.v, self.t = s, relu, {}, {}, {}
+        self.s, self.relu, self.moments, self.t = s, relu, {}, {}
 
     def step(self, k: int, h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         s = self.s
-        if s.state_optimizer == "momentum":
-            self.m[k] = g if k not in self.m else s.state_momentum * self.m[k] + g
-            u = self.m[k]
-        elif s.state_optimizer == "adam":
-            b1, b2 = s.state_momentum, 0.999
-            self.t[k] = self.t.get(k, 0) + 1
-            self.m[k] = (1 - b1) * g + (b1 * self.m[k] if k in self.m else 0)
-            self.v[k] = (1 - b2) * g * g + (b2 * self.v[k] if k in self.v else 0)
-            u = (self.m[k] / (1 - b1 ** self.t[k])) / (
-                (self.v[k] / (1 - b2 ** self.t[k])).sqrt() + 1e-8)
-        else:
+        if s.state_optimizer == "gd":
             u = g
+        else:
+            self.t[k] = self.t.get(k, 0) + 1
+            moments = self.moments.setdefault(
+                k, StateMoments(s.state_optimizer, s.state_momentum))
+            u = moments.direction(g, self.t[k])
         h = h - s.step_size * u
         return torch.relu(h) if self.relu[k] else h
 
