@@ -305,6 +305,29 @@ def test_compiled_window_codes_equal_the_eager_ones():
                         torch.compile(kernels.unpool_window, dynamic=True, fullgraph=True))
 
 
+@pytest.mark.parametrize("name", ["vgg5", "mlp", "vgg10skip"])
+def test_fused_pieces_run_eagerly_equal_the_eager_engine(name, monkeypatch):
+    """Oracle: the eager engine (max_pool2d's flat indices, separate drive and unpooling). The
+    pieces the fused path compiles (kernels.POINTWISE: window codes, the fused drive), run
+    without the compiler, give the eager estimate to 1e-12 in float64 for every scheme, both
+    update rules and a step size below 1 — the fused path's logic, checked where
+    torch.compile is not (and under mutation testing, which it cannot trace)."""
+    monkeypatch.setattr(kernels, "compiled", lambda: kernels.POINTWISE)
+    net, x, y = small(name, dtype=F64)
+    signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64)
+    for update, alpha in (("mod_pgd", 1.0), ("pgd", 1.0), ("mod_pgd", 0.5), ("pgd", 0.5)):
+        for scheme in ep.SCHEMES:
+            kw = dict(scheme=scheme, beta=0.05, iterations=4, update=update, accumulate=False,
+                      step_size=alpha, signs=signs if scheme == "random" else "example")
+            eager = ep.estimate(net, x, y, **kw)
+            coded = ep.estimate(net, x, y, fused=True, **kw)
+            for n in eager.grads:
+                assert torch.allclose(coded.grads[n], eager.grads[n], rtol=1e-12, atol=1e-15), \
+                    (update, alpha, scheme, n)
+            for a, b in zip(eager.trace.phases, coded.trace.phases, strict=True):
+                assert torch.allclose(a.energy, b.energy, rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vgg5", "vgg10", "mlp", "vgg10skip"])
 def test_fused_equals_eager(name):

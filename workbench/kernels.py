@@ -6,11 +6,13 @@ Every function takes its tensors in any dtype and computes in the dtype of the f
 inside the fused kernel, and the fused :func:`drive_window` writes the bf16 channels_last input
 of the next transposed convolution directly, so no separate cast pass remains. ``None`` stands
 for an exactly zero deviation. :data:`EAGER` holds the eager pieces (pooling by max_pool2d's
-flat indices); :func:`compiled` the compiled ones (pooling by 2-bit window codes, written
-pointwise so that pool, error, ReLU derivative, unpooling and cast each fuse into one kernel).
+flat indices); :data:`POINTWISE` the pieces that :func:`compiled` compiles (pooling by 2-bit
+window codes, written pointwise so that pool, error, ReLU derivative, unpooling and cast each
+fuse into one kernel), which also run as they are: the fused path's logic, eagerly.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 
 __all__ = ["relu_shift", "pool_indices", "pool_window", "unpool_window", "relu_error",
            "relu_drive", "drive_window", "mod_pgd_update", "pgd_update", "mod_pgd_step",
-           "pgd_step", "linear_update", "linear_step", "Elementwise", "EAGER", "compiled"]
+           "pgd_step", "linear_update", "linear_step", "Elementwise", "EAGER", "POINTWISE", "compiled"]
 
 Opt = Optional[torch.Tensor]
 
@@ -185,23 +187,26 @@ class Elementwise:
 EAGER = Elementwise(pool_indices, relu_error, relu_drive, mod_pgd_update, pgd_update,
                     mod_pgd_step, pgd_step, linear_update, linear_step)
 
+# what the fused path compiles, before compiling: runs eagerly too (a check of its logic that
+# needs no compiler, and the way to step through it in a debugger)
+POINTWISE = Elementwise(pool_window, relu_error, relu_drive, mod_pgd_update, pgd_update,
+                        mod_pgd_step, pgd_step, linear_update, linear_step, drive=drive_window,
+                        coded=True)
+
 
 @functools.cache
 def compiled() -> Elementwise:
-    """The pieces compiled by ``torch.compile`` (lazily; symbolic shapes, so that every layer
-    shares one kernel per tensor rank and pattern of absent arguments). Pooling is in its
-    pointwise form (window codes), so that the pool, the error, the ReLU derivative, the
-    unpooling and the cast to the convolution's dtype each fuse into one kernel."""
+    """:data:`POINTWISE`, each piece compiled by ``torch.compile`` (lazily; symbolic shapes, so
+    that every layer shares one kernel per tensor rank and pattern of absent arguments).
+    Pooling is in its pointwise form (window codes), so that the pool, the error, the ReLU
+    derivative, the unpooling and the cast to the convolution's dtype each fuse into one
+    kernel."""
     # one code object serves every layer, dtype and pattern of absent (None) arguments: more
     # variants than dynamo's default of 8 per function (a hard error with fullgraph)
     import torch._dynamo.config as dynamo_config
     for limit in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo_config, limit):
             setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
-
-    def fuse(f):
-        return torch.compile(f, dynamic=True, fullgraph=True)
-    return Elementwise(fuse(pool_window), fuse(relu_error), fuse(relu_drive),
-                       fuse(mod_pgd_update), fuse(pgd_update), fuse(mod_pgd_step),
-                       fuse(pgd_step), fuse(linear_update), fuse(linear_step),
-                       drive=fuse(drive_window), coded=True)
+    return dataclasses.replace(POINTWISE, **{
+        f.name: torch.compile(getattr(POINTWISE, f.name), dynamic=True, fullgraph=True)
+        for f in dataclasses.fields(POINTWISE) if callable(getattr(POINTWISE, f.name))})
