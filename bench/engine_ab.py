@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/engine_ab.py --rev d490ca0 --batch-size 64 --repeats 3
 
-Loads ``workbench/equilibrate.py`` and ``workbench/ep.py`` as they were at ``--rev`` (via
-``git show``) next to the current ones, then times BP, current EP and old EP round-robin on one
+Loads the engine's ``equilibrate.py`` and ``ep.py`` as they were at ``--rev`` (``git show``; in
+``workbench/engine/``, or in ``workbench/`` for a revision before the engine had its package) next
+to the current ones, then times BP, current EP and old EP round-robin on one
 batch (vgg5, 32×32, centered, K = 10, ``trace=False``), with both wall time and process CPU time
 (the latter is steadier on a shared machine). Prints one JSON object.
 """
@@ -20,23 +21,29 @@ from pathlib import Path
 
 import torch
 
-from workbench import bench, ep, models
+from workbench import bench
+from workbench.engine import ep, models
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_old(rev: str):
     """The ``ep`` module of revision ``rev``, importing that revision's ``equilibrate``."""
-    def source(path):
-        return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True,
-                              capture_output=True, text=True).stdout
+    def source(name):
+        for path in (f"workbench/engine/{name}.py", f"workbench/{name}.py"):
+            got = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True,
+                                 text=True)
+            if got.returncode == 0:
+                return path, got.stdout
+        raise SystemExit(f"engine_ab: {rev} has no {name}.py in workbench/engine/ or workbench/")
     modules = {}
-    for name, path in (("equilibrate", "workbench/equilibrate.py"), ("ep", "workbench/ep.py")):
-        full = f"workbench._ab_{name}"
+    for name in ("equilibrate", "ep"):
+        full = f"workbench.engine._ab_{name}"
         mod = types.ModuleType(full)
-        mod.__package__ = "workbench"
+        mod.__package__ = "workbench.engine"      # its siblings' relative imports resolve here
         sys.modules[full] = mod
-        code = source(path).replace("from .equilibrate import", "from ._ab_equilibrate import")
+        path, code = source(name)
+        code = code.replace("from .equilibrate import", "from ._ab_equilibrate import")
         exec(compile(code, f"{rev}:{path}", "exec"), mod.__dict__)
         modules[name] = mod
     return modules["ep"]

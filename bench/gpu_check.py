@@ -153,7 +153,7 @@ def convs_section(cfg, device):
     on the CPU, for vgg5's full-width layer shapes (batch 8, 32 px): strict mode as it is
     (cuDNN's heuristic choice), with cudnn.benchmark on, with cudnn.deterministic, and with
     TF32 on (PyTorch's default for convolutions), as ‖out − ref‖ / ‖ref‖."""
-    from workbench.equilibrate import ieee_fp32
+    from workbench.engine.equilibrate import ieee_fp32
 
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 128, 32), (128, 256, 32), (256, 512, 16), (512, 512, 8), (512, 512, 4)]
@@ -194,7 +194,7 @@ def fidelity_fused_section(cfg, device, variants=("default",)):
     import dataclasses
     from unittest import mock
 
-    from workbench.equilibrate import Precision
+    from workbench.engine.equilibrate import Precision
 
     net, x, y = bench.make_batch(cfg["model"], cfg["image_size"], cfg["in_channels"],
                                  cfg["num_classes"], cfg["fidelity_batch"], device,
@@ -254,7 +254,8 @@ def train_section(cfg, device, data_root, seconds):
     one epoch, no probe) measures images/s; the real run gets the epochs — or, when not even
     one fits, the first training images — that fit in ``seconds`` at that rate, with its whole
     cosine schedule."""
-    from workbench import data, train
+    from workbench import data
+    from workbench.training import train
 
     t = cfg["train"]
     out = {"time_box_s": seconds}

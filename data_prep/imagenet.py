@@ -47,8 +47,8 @@ from tqdm import tqdm
 
 from workbench.files import DamagedFileError, read_json
 
-from .files import (EXPECTED, PrepError, count_problems, remove_stale_temporaries,
-                    report_counts, write_atomic)
+from .files import (EXPECTED, PrepError, count_problems, remove_stale_temporaries, report_counts,
+                    write_atomic)
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"

@@ -28,8 +28,7 @@ import numpy as np
 
 from workbench.data.imagenet32 import TRAIN_FILES, VAL_FILES  # the loader's file names
 
-from .files import (EXPECTED, PrepError, count_problems, report_counts, sha256_file,
-                    write_atomic)
+from .files import EXPECTED, PrepError, count_problems, report_counts, sha256_file, write_atomic
 
 ARCHIVES = {"Imagenet32_train_npz.zip": TRAIN_FILES, "Imagenet32_val_npz.zip": VAL_FILES}
 MANIFEST = "imagenet32_manifest.json"

@@ -1,14 +1,14 @@
 """The nudged phase written plainly on full states (docs/method.md §2): the tests' oracle for
 the engine's deviation form. No deviations, nothing skipped; Δ_k = ε_k − ∂E/∂h_k by autograd
-of the energy as workbench.energy writes it (skips and general blocks included)."""
+of the energy as workbench.engine.energy writes it (skips and general blocks included)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from workbench import energy
-from workbench.blocks import frozen_statistics
-from workbench.layers import PCNLayer
+from workbench.engine import energy
+from workbench.engine.blocks import frozen_statistics
+from workbench.engine.layers import PCNLayer
 
 
 def skips_into(net, k: int) -> list:

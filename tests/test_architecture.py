@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import workbench
-from workbench import config, flags
-from workbench.settings import EstimatorSettings
+from workbench.training import config
+from workbench import flags
+from workbench.engine.settings import EstimatorSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

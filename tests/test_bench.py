@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workbench import bench, cli, ep
+from workbench import bench, cli
+from workbench.engine import ep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,10 @@ from torch import nn
 
 from plain import plain_iteration
 from test_engine import small
-from workbench import ep, models
-from workbench.equilibrate import NudgedPhase, free_phase
-from workbench.precision import Precision
+from workbench.engine import ep, models
+from workbench.engine.equilibrate import NudgedPhase, free_phase
+from workbench.engine.precision import Precision
+from workbench.engine.settings import resolve_precision
 
 F64 = torch.float64
 
@@ -139,7 +140,7 @@ def test_ep_tends_to_backprop_per_parameter_with_the_expected_bias_order(name, s
 @pytest.mark.parametrize("order", ["async", "sync"])
 def test_deviation_form_of_general_blocks_equals_the_plain_form(update, order):
     """Oracle: the nudged dynamics written plainly on full states (tests/plain.py: E by
-    workbench.energy, Δ_k by autograd, an identity layer moving to a_k + Δ_k), with train-mode
+    workbench.engine.energy, Δ_k by autograd, an identity layer moving to a_k + Δ_k), with train-mode
     BatchNorm inside: the engine's states h⁰ + d agree after every iteration, to 1e-12."""
     net, x, y = chain(seed=3)
     free = free_phase(net, x, Precision.make("strict", F64, x.device))
@@ -293,8 +294,8 @@ def test_general_blocks_run_in_strict_precision_only():
     net, x, y = general("vit", 0)
     with pytest.raises(ValueError, match="built-in conv/dense layers"):
         ep.estimate(net, x, y, precision="fast")
-    assert Precision.resolve("auto", torch.float32, "cuda", linear=False) == "strict"
-    assert Precision.resolve("auto", torch.float32, "cuda") == "fast"
+    assert resolve_precision("auto", torch.float32, "cuda", linear=False) == "strict"
+    assert resolve_precision("auto", torch.float32, "cuda") == "fast"
     assert models.general("resnet18") and models.general("vit") and not models.general("vgg5")
 
 
@@ -307,7 +308,7 @@ def test_diagnostics_count_switched_units_of_general_relu_layers():
     phase = NudgedPhase(net, free, y, torch.full((4, 1), 3.0, dtype=F64), "ce")
     tr = phase.run(4, diagnostics=True)
     states = [phase.state(k) for k in range(len(net.layers) + 1)]
-    from workbench.blocks import frozen_statistics
+    from workbench.engine.blocks import frozen_statistics
     with frozen_statistics(net), torch.no_grad():
         for k, act in enumerate(net.activations, start=1):
             a = net.layers[k - 1](states[k - 1])

@@ -23,7 +23,8 @@ import papermill
 import pytest
 
 from test_notebooks import real_or_synthetic
-from workbench import ep, widgets
+from workbench.engine import ep
+from workbench import widgets
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -218,7 +219,7 @@ def sweep_lab(tmp_path):
     not run yet, and JupyterLab serving notebook 05 on it."""
     from conftest import write_mnist
 
-    from workbench import sweep as sw
+    from workbench.experiments import sweep as sw
     write_mnist(tmp_path / "data" / "fashion-mnist", n_train=64, n_test=32)
     spec = {"name": "bk", "base": {"dataset": "fashion-mnist", "data_root": str(tmp_path / "data"),
                                    "download": False, "model": "mlp",
@@ -239,11 +240,11 @@ def sweep_lab(tmp_path):
 
 
 def test_runs_browser_heat_map_and_refresh_in_jupyterlab(sweep_lab):
-    """oracle: workbench.runs on the same folder — the heat map in the page holds runs.grid's
+    """oracle: workbench.experiments.runs on the same folder — the heat map in the page holds runs.grid's
     final errors (the unfinished point's cell empty) and the table shows 3 done, 1 pending;
     after that point runs, a click on *refresh* in the page brings its cell and curve in."""
-    from workbench import runs as R
-    from workbench import sweep as sw
+    from workbench.experiments import runs as R
+    from workbench.experiments import sweep as sw
     s, url = sweep_lab
     z_page = """() => { const g = Array.from(document.querySelectorAll('.js-plotly-plot'))
         .filter(p => (p.data || []).some(t => t.type === 'heatmap'));

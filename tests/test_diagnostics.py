@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from plain import pre_activation, skips_into
 from test_engine import small
-from workbench import ep
-from workbench.equilibrate import NudgedPhase, free_phase
-from workbench.precision import Precision
+from workbench.engine import ep
+from workbench.engine.equilibrate import NudgedPhase, free_phase
+from workbench.engine.precision import Precision
 
 F64 = torch.float64
 
@@ -132,9 +132,10 @@ def test_the_training_probe_records_switches_and_residual(tmp_path):
     equal its trace's last rows (mean and max over the phases)."""
     from test_train import rows, tiny
 
-    from workbench import data, models
+    from workbench import data
+    from workbench.engine import models
     from workbench.data.loader import mix_seed
-    from workbench.train import run
+    from workbench.training.train import run
     cfg = tiny(tmp_path, scheme="centered", beta=3.0, epochs=1,
                model_args={"widths": [16, 16]})
     run(cfg)
@@ -160,7 +161,7 @@ def test_switched_counts_units_at_exactly_zero_as_off_and_are_float64():
     second-layer pre-activations are exactly 0 (off) — the trace's last row for layer 2 equals
     the recount from an explicit forward pass on the nudged states, is stored in float64, and
     is not zero (units do switch at this β). (Layer 1 reads the input, which never moves.)"""
-    from workbench import models
+    from workbench.engine import models
     torch.manual_seed(0)
     net = models.build("mlp", num_classes=5, in_channels=1, image_size=4, widths=(32, 16))
     x = torch.rand(6, 1, 4, 4)
@@ -183,7 +184,7 @@ def test_diagnose_is_four_rows_per_layer_of_the_recounted_fractions():
     layer switch (the first layer's pre-activation is a function of the input alone, so it
     never does), and diagnose() returns exactly those fractions in a (4, L) float64 table
     (rows: switched, pool changes — none in an mlp —, residual max and RMS)."""
-    from workbench.diagnostics import diagnose
+    from workbench.engine.diagnostics import diagnose
     net, x, y = small("mlp", seed=2)
     free = free_phase(net, x, Precision.make("strict", F64, x.device))
     phase = NudgedPhase(net, free, y, torch.full((x.shape[0], 1), 200.0, dtype=F64), "mse",

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from workbench import energy, ep, models
-from workbench.data import synthetic
-from workbench.equilibrate import NudgedPhase, free_phase
-from workbench.precision import Precision
+from workbench.engine import energy, ep, models
+from workbench import seeded
+from workbench.engine.equilibrate import NudgedPhase, free_phase
+from workbench.engine.precision import Precision
 
 F64 = torch.float64
 
@@ -25,7 +25,7 @@ SMALL = {
 
 def small(name, seed=0, batch=4, classes=5):
     spec = SMALL[name]
-    return synthetic.batch(name.split("-")[0], batch, num_classes=classes, in_channels=spec["ch"],
+    return seeded.batch(name.split("-")[0], batch, num_classes=classes, in_channels=spec["ch"],
                            image_size=spec["size"], seed=seed, data_seed=seed + 1, dtype=F64,
                            **spec["kw"])
 
@@ -130,7 +130,7 @@ def test_bias_order_one_sided_linear_centered_quadratic(name):
     ("vgg5", "ce", 4, 2.5e-4, "mod_pgd"), ("vgg10", "ce", 4, 0.05, "mod_pgd")])
 def test_converged_phase_satisfies_fixed_point_equations(name, cost, seed, beta, update):
     """Oracle: docs/method.md §2's fixed-point equations, with Δ_k = ε_k − ∂F/∂h_k taken by autograd
-    of the plainly written F = E + β·C (workbench.energy), not by the engine's own VJPs.
+    of the plainly written F = E + β·C (workbench.engine.energy), not by the engine's own VJPs.
 
     (Batches and β are chosen where the phase converges: at β = 0.05 the small vgg5 falls into a
     limit cycle for every seed tried, a max-pool or ReLU choice flipping back and forth; plain

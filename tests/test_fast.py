@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench import ep
-from workbench import precision as eq
-from workbench import kernels
-from workbench.equilibrate import NudgedPhase, free_phase
-from workbench.layers import LayerMap
-from workbench.precision import Precision
+from workbench.engine import ep
+from workbench.engine import precision as eq
+from workbench.engine import kernels
+from workbench.engine.equilibrate import NudgedPhase, free_phase
+from workbench.engine.layers import LayerMap
+from workbench.engine.precision import Precision
 from plain import plain_iteration
 from test_engine import small as small64
 
@@ -65,7 +65,7 @@ def plain_step(net, states, y, beta, update, sweeps):
     ("vgg5", "mod_pgd", "async"), ("vgg10", "pgd", "async"), ("mlp", "mod_pgd", "async"),
     ("mlp", "pgd", "async"), ("vgg10", "pgd", "sync"), ("vgg5", "mod_pgd", "sync")])
 def test_deviation_form_equals_plain_form_states(name, update, order):
-    """Oracle: the nudged dynamics written plainly on full states h (workbench.energy's E,
+    """Oracle: the nudged dynamics written plainly on full states h (workbench.engine.energy's E,
     Δ_k by autograd, no deviations, nothing skipped) — the engine's states h⁰ + d agree with it
     after every iteration, to 1e-12 in float64."""
     net, x, y = small(name, seed=4)

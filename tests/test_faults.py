@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from test_train import rows, tiny, untimed
-from workbench import runs as R
-from workbench import sweep as sw
+from workbench.experiments import runs as R
+from workbench.experiments import sweep as sw
 from workbench.files import DamagedFileError, WriteError, read_json, write_atomic
-from workbench.runfolder import CHECKPOINT, PREVIOUS_CHECKPOINT, RunFolder
-from workbench.tracking import Tracker
-from workbench.train import run
+from workbench.training.runfolder import CHECKPOINT, PREVIOUS_CHECKPOINT, RunFolder
+from workbench.training.tracking import Tracker
+from workbench.training.train import run
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = 4096

@@ -10,7 +10,8 @@ import statistics
 import pytest
 import torch
 
-from workbench import bench, ep, models
+from workbench import bench
+from workbench.engine import ep, models
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -137,7 +138,7 @@ def test_a_checkpoint_written_on_cuda_resumes_to_the_same_result(tmp_path, model
     timings); cuDNN is held to deterministic algorithms for the comparison."""
     from test_train import final_params, rows, untimed
 
-    from workbench.train import TrainConfig, run
+    from workbench.training.train import TrainConfig, run
 
     def cfg(folder, **kw):
         return TrainConfig(dataset="synthetic", image_size=size, in_channels=3, model=model,

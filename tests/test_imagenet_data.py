@@ -119,7 +119,7 @@ def test_dataset_options_reach_the_builder(root):
 def test_training_with_device_decode_equals_cpu_decode(root, tmp_path):
     """Oracle: the CPU pipeline — `--data-arg decode=device` (JPEG decoding in the training
     loop's device step, here on the CPU) trains to exactly the weights of CPU decoding."""
-    from workbench import train
+    from workbench.training import train
     from workbench.cli import main
 
     weights = []

@@ -19,8 +19,8 @@ def test_archives_to_vgg10_training(tmp_path):
     on the result trains one epoch of centered EP at 32×32 with 2 loader workers and writes an
     epoch row whose top-1/top-5 errors are fractions of the 6 val images (k/6, top-5 ≤ top-1)
     and a finite training loss, and a model with one output per prepared class."""
-    from workbench import train
-    from workbench.runfolder import CHECKPOINT
+    from workbench.training import train
+    from workbench.training.runfolder import CHECKPOINT
 
     src, dest, run_dir = tmp_path / "archives", tmp_path / "imagenet", tmp_path / "run"
     synthetic.write(src, "official", classes=3, train_per_class=6, val_per_class=2,

@@ -13,7 +13,8 @@ import nbformat
 import papermill
 import pytest
 
-from workbench import data, presets
+from workbench import data
+from workbench.training import presets
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
@@ -160,7 +161,7 @@ def small_sweeps(tmp_path_factory) -> Path:
     pending (its run folder removed) to show an unfinished run."""
     from conftest import write_mnist
 
-    from workbench import sweep as sw
+    from workbench.experiments import sweep as sw
     root = tmp_path_factory.mktemp("sweeps")
     write_mnist(root / "data" / "fashion-mnist", n_train=64, n_test=32)
     settings = {"data_root": str(root / "data"), "download": False, "limit_train": 64,
@@ -177,9 +178,9 @@ def small_sweeps(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_compare_runs_notebook_on_a_finished_sweep(execute, small_sweeps):
-    """oracle: workbench.runs on the same folder — the notebook prints one aggregate line per
+    """oracle: workbench.experiments.runs on the same folder — the notebook prints one aggregate line per
     (beta, K) pair of fig2-small and the pending point of table3-small as unfinished."""
-    from workbench import runs as R
+    from workbench.experiments import runs as R
     text = execute("05_compare_runs.ipynb", paths=[str(small_sweeps / "fig2-small")])
     runs = R.find_runs(small_sweeps / "fig2-small")
     assert f"{len(runs)} runs; fields that differ: beta, iterations" in text
@@ -193,10 +194,10 @@ def test_compare_runs_notebook_on_a_finished_sweep(execute, small_sweeps):
 
 @pytest.mark.slow
 def test_paper_results_notebook_draws_the_small_sweeps(execute, small_sweeps):
-    """oracle: workbench.results on the same runs — Fig. 2's table and Table 3's rows are in
+    """oracle: workbench.experiments.results on the same runs — Fig. 2's table and Table 3's rows are in
     the executed notebook; sweeps not run are listed with their command."""
-    from workbench import results
-    from workbench import runs as R
+    from workbench.experiments import results
+    from workbench.experiments import runs as R
     text = execute("06_paper_results.ipynb", root=str(small_sweeps), suffix="-small")
     assert "drawn: fig2, table3" in text
     assert "Not run yet: `workbench sweep experiments/fig1-small.yaml" in text

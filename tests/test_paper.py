@@ -9,12 +9,13 @@ import torch
 
 from plain import plain_iteration
 
-from workbench import energy, ep, models, presets
-from workbench.config import TrainConfig
+from workbench.engine import energy, ep, models
+from workbench.training import presets
+from workbench.training.config import TrainConfig
 from workbench.data import images, synthetic
-from workbench.equilibrate import NudgedPhase, free_phase
-from workbench.precision import Precision
-from workbench.train import learning_rate
+from workbench.engine.equilibrate import NudgedPhase, free_phase
+from workbench.engine.precision import Precision
+from workbench.training.train import learning_rate
 
 F64 = torch.float64
 
@@ -314,7 +315,7 @@ def test_train_flags_take_a_preset_under_the_flags_given():
     records the preset's name and the resolved values."""
     import argparse
 
-    from workbench.config import add_arguments, config_from_args
+    from workbench.training.config import add_arguments, config_from_args
     p = argparse.ArgumentParser()
     add_arguments(p)
     cfg = config_from_args(p.parse_args(["--preset", "vgg5-cifar100-mse", "--lr", "0.01",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from test_engine import small
-from workbench import ep
+from workbench.engine import ep
 
 F64 = torch.float64
 
@@ -89,11 +89,11 @@ def test_inference_learning_equals_a_plain_il_loop(cost, order, optimizer):
 def test_incremental_pc_equals_a_plain_ipc_loop():
     """Oracle: iPC written out here — per training step the states from the forward pass, then
     T times: one sync inference step h ← relu(h − α ∂E/∂h), then θ ← θ − lr ∂E/∂θ (batch mean)
-    by hand — equals workbench.pc.ipc_step with torch's SGD (no momentum) after 3 training steps
+    by hand — equals workbench.engine.pc.ipc_step with torch's SGD (no momentum) after 3 training steps
     of T = 2 (six weight updates), to 1e-12; and the weights did move."""
     import copy
 
-    from workbench import pc
+    from workbench.engine import pc
     net, x, y = small("mlp", seed=5)
     ref = copy.deepcopy(net)
     start = {n: p.detach().clone() for n, p in net.named_parameters()}

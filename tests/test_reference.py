@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import ep, models
+from workbench.engine import ep, models
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "reference_grads.json"

@@ -1,5 +1,5 @@
-"""Reading runs back (workbench.runs), the RunsBrowser widget and the paper's tables
-(workbench.results), on run folders written by hand with known numbers."""
+"""Reading runs back (workbench.experiments.runs), the RunsBrowser widget and the paper's tables
+(workbench.experiments.results), on run folders written by hand with known numbers."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench import results
-from workbench import runs as R
-from workbench.config import TrainConfig
+from workbench.experiments import results
+from workbench.experiments import runs as R
+from workbench.training.config import TrainConfig
 
 
 def _run(folder: Path, errors: list[float], state: str = "done", **fields) -> Path:

@@ -12,9 +12,9 @@ import torch
 
 from plain import plain_iteration
 from test_engine import small
-from workbench import ep, models
-from workbench.equilibrate import NudgedPhase, free_phase
-from workbench.precision import Precision
+from workbench.engine import ep, models
+from workbench.engine.equilibrate import NudgedPhase, free_phase
+from workbench.engine.precision import Precision
 
 F64 = torch.float64
 
@@ -147,7 +147,7 @@ def test_training_bench_and_explorers_run_with_skips(tmp_path):
     (training); bench's fidelity rows include the skip maps and strict mode matches float64
     there (bench); the explorers' per-layer rows are ep.compare's, skip rows included."""
     from workbench import bench, widgets
-    from workbench.train import TrainConfig, run
+    from workbench.training.train import TrainConfig, run
     cfg = TrainConfig(dataset="synthetic", image_size=8, model="mlp",
                       model_args={"widths": [16, 16], "skips": [[0, 2]]}, epochs=2,
                       batch_size=32, limit_train=128, limit_test=64, lr=0.05, beta=0.05,

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from test_sweep import ENV, ROOT, _base, _lines, _sweep, _write, data  # noqa: F401 (fixture)
-from workbench import sweep as sw
+from workbench.experiments import sweep as sw
 
 SCRIPT = ROOT / "scripts" / "slurm-one-node.sh"
 

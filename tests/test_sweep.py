@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import write_mnist
 
-from workbench import sweep as sw
-from workbench.config import TrainConfig
+from workbench.experiments import sweep as sw
+from workbench.training.config import TrainConfig
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WORKBENCH_DATA": ""}
 ROOT = Path(__file__).resolve().parent.parent
@@ -362,7 +362,8 @@ def test_every_experiment_of_the_paper_has_a_sweep_and_a_small_variant(tmp_path)
     grid sizes counted by hand — each has experiments/<name>.yaml and <name>-small.yaml, every
     point of both is a valid config; the paper-size points use the paper's presets, the small
     ones Fashion-MNIST."""
-    from workbench import presets, results
+    from workbench.training import presets
+    from workbench.experiments import results
     assert set(SIZES) == set(results.EXPERIMENTS)
     files = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml"))
     assert files == sorted([k for k in SIZES] + [f"{k}-small" for k in SIZES])

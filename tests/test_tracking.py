@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import write_mnist
 
-from workbench import tracking
-from workbench.train import run
+from workbench.training import tracking
+from workbench.training.train import run
 
 EventAccumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator").EventAccumulator
@@ -96,7 +96,7 @@ def test_tensorboard_after_a_crash_and_resume_equals_metrics_jsonl(tmp_path):
 
 
 def test_wandb_offline_logs_the_same_scalars(tmp_path, monkeypatch):
-    """oracle: workbench.tracking.scalars of each metrics.jsonl row — a stand-in ``wandb``
+    """oracle: workbench.training.tracking.scalars of each metrics.jsonl row — a stand-in ``wandb``
     module records init (offline mode) and every log call; wandb=True without the package is
     a clear error before anything is written."""
     calls = {"init": [], "log": [], "finish": 0}

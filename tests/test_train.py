@@ -1,4 +1,4 @@
-"""The training loop, its run folder and its reliability (``workbench.train``)."""
+"""The training loop, its run folder and its reliability (``workbench.training.train``)."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from conftest import needs_fashion_mnist
 
-from workbench import data, ep, models
+from workbench import data
+from workbench.engine import ep, models
 from workbench.data.loader import mix_seed
-from workbench.train import NonFiniteError, TrainConfig, add_arguments, config_from_args, run
+from workbench.training.train import (NonFiniteError, TrainConfig, add_arguments,
+                                      config_from_args, run)
 
 TIMING = {"images_per_second", "seconds"}
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench import data, ep, models, widgets
+from workbench import data, widgets
+from workbench.engine import ep, models
 
 
 @pytest.fixture
@@ -215,7 +216,7 @@ def test_sliders_hold_the_values_asked_for():
 def tiny_run(tmp_path_factory):
     """A finished two-epoch training run (synthetic 3×8×8 images, mlp 16) and its metric rows as
     the callback saw them."""
-    from workbench.train import TrainConfig, run
+    from workbench.training.train import TrainConfig, run
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
     rows = []
     run(TrainConfig(dataset="synthetic", image_size=8, model="mlp", model_args={"widths": [16]},

@@ -7,10 +7,10 @@ layer), ``energy`` (E, F, costs), ``settings`` (``EstimatorSettings``), ``precis
 ``kernels`` (its elementwise work), ``ep`` (estimators, BP reference, ``estimate``). The method:
 docs/method.md.
 """
-from . import (blocks, diagnostics, energy, ep, equilibrate, kernels, layers, models, precision,
-               recording, resnet, settings, vit, wiring)
-from .models import from_blocks
-from .settings import EstimatorSettings
+from .engine import (blocks, diagnostics, energy, ep, equilibrate, kernels, layers, models,
+                     precision, recording, resnet, settings, vit, wiring)
+from .engine.models import from_blocks
+from .engine.settings import EstimatorSettings
 
 __version__ = "0.1.0"
 __all__ = ["models", "wiring", "layers", "blocks", "energy", "settings", "precision",

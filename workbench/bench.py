@@ -3,13 +3,13 @@
 **Speed** (``--measure speed``): every algorithm (``bp`` and the chosen EP schemes) runs
 ``--warmup`` untimed steps, then ``--repeats`` timed steps, round-robin over the algorithms in
 one process on one batch, so that the EP/BP ratio compares like with like. A step is one
-``workbench.ep.estimate`` call as training makes it (``trace=False``, ``.grad`` written). Timed
+``workbench.engine.ep.estimate`` call as training makes it (``trace=False``, ``.grad`` written). Timed
 with CUDA events on a GPU and ``time.perf_counter`` on the CPU (``--cpu-timer process``: CPU
 time); the report holds the median ms per step, images/s, EP/BP time and, on CUDA, each
 algorithm's peak memory. On CUDA ``cudnn.benchmark`` is on.
 
 **General path** (``--measure general``): the same network as built-in layers and as plain torch
-blocks through ``from_blocks`` (:func:`workbench.models.as_blocks`, same weights), each algorithm
+blocks through ``from_blocks`` (:func:`workbench.engine.models.as_blocks`, same weights), each algorithm
 timed on both round-robin: the cost of differentiating blocks by autograd instead of the
 closed-form linear algebra.
 
@@ -39,12 +39,12 @@ from typing import Callable, Optional
 
 import torch
 
-from . import ep, flags, models
-from .data import synthetic
+from . import flags, seeded
+from .engine import ep, models
+from .engine.precision import Precision, forward, fp32_math, precision_context
+from .engine.settings import ALL_SCHEMES, EstimatorSettings
 from .flags import option
-from .precision import Precision, fp32_math, precision_context
-from .runfolder import cpu_name
-from .settings import ALL_SCHEMES, EstimatorSettings
+from .training.runfolder import cpu_name
 
 MEASURES = ("speed", "fidelity", "profile", "general")
 CPU_TIMERS = ("wall", "process")
@@ -71,8 +71,8 @@ def environment(device: torch.device) -> dict:
 
 def make_batch(model: str, image_size: int, in_channels: int, num_classes: int,
                batch_size: int, device: torch.device, seed: int = 0, **overrides):
-    """A seeded float32 model and a synthetic batch (:func:`workbench.data.synthetic.batch`)."""
-    return synthetic.batch(model, batch_size, num_classes=num_classes, in_channels=in_channels,
+    """A seeded float32 model and a synthetic batch (:func:`workbench.seeded.batch`)."""
+    return seeded.batch(model, batch_size, num_classes=num_classes, in_channels=in_channels,
                            image_size=image_size, seed=seed, device=device, **overrides)
 
 
@@ -113,11 +113,7 @@ def _infer(net, x, precision: str) -> torch.Tensor:
     arithmetic floor (centered EP ≈ 43 forward passes, BP ≈ 3)."""
     prec = Precision.make(precision, x.dtype, x.device)
     with precision_context(prec), torch.no_grad():
-        if prec.name == "fast":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                return net(x.contiguous(memory_format=torch.channels_last)
-                           if prec.channels_last else x)
-        return net(x)
+        return forward(net, x, prec)
 
 
 def _settings(settings: Optional[EstimatorSettings], overrides: dict) -> EstimatorSettings:
@@ -173,7 +169,7 @@ def general_path(net, x, y, algorithms, settings: Optional[EstimatorSettings] = 
                  warmup: int = 1, repeats: int = 5, cpu_timer: str = "wall",
                  **overrides) -> dict:
     """The general path (any block, by autograd) against the built-in fast path on the same
-    network: ``net`` and :func:`workbench.models.as_blocks` of it (same weights), every
+    network: ``net`` and :func:`workbench.engine.models.as_blocks` of it (same weights), every
     algorithm timed on both round-robin in one process. Per algorithm: the median ms of each
     and ``general_vs_builtin``, their ratio."""
     s = _settings(settings, overrides)

@@ -12,9 +12,10 @@ import sys
 
 COMMANDS = {
     "gradcheck": ("workbench.gradcheck", "per-layer cosine / relative error of EP against BP"),
-    "train": ("workbench.train", "train a model with EP or BP into a run folder"),
+    "train": ("workbench.training.train", "train a model with EP or BP into a run folder"),
     "bench": ("workbench.bench", "speed, memory and fidelity benchmarks (JSON)"),
-    "sweep": ("workbench.sweep", "many training runs from one sweep file (YAML), idempotent"),
+    "sweep": ("workbench.experiments.sweep",
+              "many training runs from one sweep file (YAML), idempotent"),
 }
 
 

@@ -2,7 +2,7 @@
 choices per field (kept in the field's metadata), for every ``workbench`` command.
 
 A field declared with :func:`option` carries its help and choices. Nested dataclass fields (a
-:class:`~workbench.settings.EstimatorSettings` inside a config) are flattened into flags of
+:class:`~workbench.engine.settings.EstimatorSettings` inside a config) are flattened into flags of
 their own names. :func:`add_flags` adds the flags; :func:`given` reads back what the user set,
 nested the same way, so a command builds its dataclasses with ``replace``.
 """

@@ -1,6 +1,6 @@
 """``workbench gradcheck``: per-layer cosine and relative error of an EP estimate against BP.
 
-Runs on one seeded batch of synthetic inputs (:func:`workbench.data.synthetic.batch`), so it
+Runs on one seeded batch of synthetic inputs (:func:`workbench.seeded.batch`), so it
 needs no dataset: it checks the estimator, not a training run.
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Optional
 
 import torch
 
-from . import ep, flags, models
-from .data.synthetic import batch
+from . import flags
+from .seeded import batch
+from .engine import ep, models
+from .engine.settings import EstimatorSettings
 from .flags import option
-from .settings import EstimatorSettings
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 

@@ -19,8 +19,8 @@ import torch
 
 from .images import NORMALISATION as NORMALISATION_TABLE
 from .images import ImageDataset
-from .locate import (DatasetNotFoundError, download_note, download_root, find_dir,
-                     search_roots, torchvision_download)
+from .locate import (DatasetNotFoundError, download_note, download_root, find_dir, search_roots,
+                     torchvision_download)
 
 __all__ = ["build_cifar10", "build_cifar100", "NORMALISATION", "CROP_PADDING"]
 

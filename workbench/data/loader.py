@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data._utils.collate import default_collate
 
-__all__ = ["mix_seed", "EpochBatches", "SeededItems", "make_loader", "fixed_batch"]
+__all__ = ["mix_seed", "EpochBatches", "SeededItems", "make_loader", "fixed_batch", "to_device"]
 
 
 def mix_seed(*parts) -> int:
@@ -106,6 +106,19 @@ def fixed_batch(dataset: Dataset, indices) -> tuple:
     """Items ``indices`` of ``dataset`` as one batch ``(x, y)``, without augmentation (the
     training loop's probe batch)."""
     return SeededItems(dataset, augment=False).__getitems__([(int(i), 0) for i in indices])
+
+
+def to_device(dataset: Dataset, x: torch.Tensor, y: torch.Tensor, device) -> tuple:
+    """A loader's batch on ``device``, finished by the dataset's ``device_transform`` if it has
+    one (e.g. uint8 → normalised float on the GPU; a transform that ``wants_host`` — GPU JPEG
+    decoding — reads the host bytes itself), else converted to float."""
+    transform = getattr(dataset, "device_transform", None)
+    if getattr(transform, "wants_host", False):
+        x = transform(x, device=device)
+    else:
+        x = x.to(device, non_blocking=True)
+        x = transform(x) if transform is not None else x.float()
+    return x, y.to(device, non_blocking=True)
 
 
 def _whole_batch(batch):

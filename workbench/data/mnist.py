@@ -22,8 +22,8 @@ import torch
 
 from .images import NORMALISATION as NORMALISATION_TABLE
 from .images import ImageDataset
-from .locate import (DatasetNotFoundError, download_note, download_root, find_dir,
-                     search_roots, torchvision_download)
+from .locate import (DatasetNotFoundError, download_note, download_root, find_dir, search_roots,
+                     torchvision_download)
 
 __all__ = ["read_idx", "build_mnist", "build_fashion_mnist", "NORMALISATION"]
 

@@ -44,7 +44,7 @@ def build_synthetic(split: str, image_size: Optional[int] = None, *,
 
 
 # ---------------------------------------------------------------------------------------------
-# one seeded batch (gradcheck, bench, the widgets, the tests)
+# seeded random images (with a model: workbench.seeded.batch)
 # ---------------------------------------------------------------------------------------------
 def images(n: int, in_channels: int = 1, image_size: int = 28, num_classes: int = 10,
            seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,23 +53,6 @@ def images(n: int, in_channels: int = 1, image_size: int = 28, num_classes: int 
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((n, in_channels, image_size, image_size), generator=gen, dtype=dtype)
     return x, torch.randint(0, num_classes, (n,), generator=gen)
-
-
-def batch(model: str, n: int, *, num_classes: int = 10, in_channels: int = 1,
-          image_size: Optional[int] = None, seed: int = 0, data_seed: Optional[int] = None,
-          device="cpu", dtype: torch.dtype = torch.float32, **overrides):
-    """``(net, x, y)``: model ``model`` built after ``torch.manual_seed(seed)`` (``overrides``
-    go to :func:`workbench.models.build`; ``image_size`` defaults to the model's registry
-    size), and :func:`images` drawn with ``data_seed`` (default ``seed``), all on ``device`` in
-    ``dtype``."""
-    from .. import models
-    size = image_size or models.default_image_size(model)
-    torch.manual_seed(seed)
-    net = models.build(model, num_classes=num_classes, in_channels=in_channels,
-                       image_size=size, **overrides).to(device, dtype)
-    x, y = images(n, in_channels, size, num_classes, seed if data_seed is None else data_seed,
-                  dtype)
-    return net, x.to(device), y.to(device)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .. import ep
+from ..engine import ep
 from .common import ESTIMATORS, COLORS, MARGIN, Explorer, finite, layer_options, replace_traces
 from .lab import Lab, log_slope, relative_error
 

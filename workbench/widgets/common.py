@@ -7,7 +7,7 @@ import ipywidgets as W
 import plotly.graph_objects as go
 import torch
 
-from ..settings import ORDERS, PC_SCHEMES, PERTURBATIONS, SCHEMES, UPDATES
+from ..engine.settings import ORDERS, PC_SCHEMES, PERTURBATIONS, SCHEMES, UPDATES
 from .lab import Lab, load_run
 
 __all__ = ["Explorer", "ESTIMATORS", "COLORS", "PHASE_DASH", "MARGIN", "layer_options", "positive", "finite",

@@ -8,8 +8,9 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .. import ep
-from .common import ESTIMATORS, MARGIN, PHASE_DASH, Explorer, finite, layer_options, positive, replace_traces
+from ..engine import ep
+from .common import (ESTIMATORS, MARGIN, PHASE_DASH, Explorer, finite, layer_options, positive,
+                     replace_traces)
 from .lab import Lab
 
 __all__ = ["EnergyExplorer", "phase_names"]

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import ep, models
-from ..blocks import couples_examples
 from ..data import synthetic
-from ..energy import check_cost
+from ..engine import ep, models
+from ..engine.blocks import couples_examples
+from ..engine.energy import check_cost
 
 __all__ = ["Lab", "default_models", "synthetic_data", "examples", "fit_input", "log_slope",
            "relative_error", "load_run"]
@@ -87,11 +87,12 @@ def load_run(run_dir: str, n: int = 256):
 
     Returns ``(net, config, (x, y))``: the model rebuilt from ``config.json`` with the weights of
     ``checkpoint.pt`` (the latest checkpoint; CPU), the run's
-    :class:`~workbench.train.TrainConfig`, and test images as the run saw them.
+    :class:`~workbench.training.config.TrainConfig`, and test images as the run saw them.
     """
-    from .. import train
     from ..files import read_json
-    from ..runfolder import CHECKPOINT, CONFIG, PREVIOUS_CHECKPOINT, RunFolder
+    from ..training import assembly
+    from ..training.config import TrainConfig
+    from ..training.runfolder import CHECKPOINT, CONFIG, PREVIOUS_CHECKPOINT, RunFolder
     folder = Path(run_dir)
     missing = [name for name in (CONFIG, CHECKPOINT) if not (folder / name).is_file()]
     if CHECKPOINT in missing and (folder / PREVIOUS_CHECKPOINT).is_file():
@@ -100,10 +101,10 @@ def load_run(run_dir: str, n: int = 256):
         raise ValueError(f"{folder} is not a training run folder with a checkpoint: "
                          f"{' and '.join(missing)} missing (a run of `workbench train` or "
                          f"notebooks/03_train.ipynb writes both)")
-    cfg = train.TrainConfig.from_dict(read_json(folder / CONFIG, "the run's config"))
+    cfg = TrainConfig.from_dict(read_json(folder / CONFIG, "the run's config"))
     cfg = dataclasses.replace(cfg, download=False)
-    test, = train.build_datasets(cfg, ("test",))
-    net = train.build_model(cfg, test)
+    test, = assembly.build_datasets(cfg, ("test",))
+    net = assembly.build_model(cfg, test)
     net.load_state_dict(RunFolder(folder, writer=False).latest_checkpoint()["model"])
     return net, cfg, examples(test, n)
 

@@ -14,7 +14,7 @@ __all__ = ["TrainingMonitor"]
 
 
 class TrainingMonitor(W.VBox):
-    """Curves of a training run, live: ``workbench.train.run(config, callback=monitor)``.
+    """Curves of a training run, live: ``workbench.training.train.run(config, callback=monitor)``.
 
     Takes the rows of ``metrics.jsonl`` one by one (:meth:`__call__`). ``.figure`` has three
     panels: train and test loss per epoch; test top-1 and top-5 error per epoch; the probe's

@@ -1,5 +1,5 @@
 """Comparing runs: :class:`RunsBrowser`, a table, overlaid curves and a heat map of sweeps or
-any run folders (read with :mod:`workbench.runs`)."""
+any run folders (read with :mod:`workbench.experiments.runs`)."""
 from __future__ import annotations
 
 import html
@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .. import runs as R
+from ..experiments import runs as R
 from .common import MARGIN
 
 __all__ = ["RunsBrowser", "sweep_folders", "table_html"]

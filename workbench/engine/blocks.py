@@ -2,7 +2,7 @@
 modules with state (docs/method.md §9).
 
 A general block ``g_k`` maps ``h_{k−1}`` to the pre-activation ``a_k``; the engine needs from it
-what it has in closed form for a conv or dense layer (:class:`workbench.layers.LayerMap`), here by
+what it has in closed form for a conv or dense layer (:class:`workbench.engine.layers.LayerMap`), here by
 autograd on the block's own forward:
 
 * the deviation of its output  ``g(h⁰ + d) − g(h⁰)``                 (:meth:`BlockMap.delta`)
@@ -91,7 +91,7 @@ def kept_statistics(net: nn.Module):
 class BlockMap:
     """A general block as an edge of the wiring, differentiated by autograd. Computes in the
     block's own dtype (strict precision: the parameters' dtype, TF32 off); the same four methods
-    as :class:`workbench.layers.LayerMap`.
+    as :class:`workbench.engine.layers.LayerMap`.
 
     A *graph* is ``(input, output)`` of one forward of the block with autograd on: the input a
     detached leaf (requiring grad unless the edge reads the network's input), so that the VJPs

@@ -1,6 +1,6 @@
 """Where a nudged phase stands against the free state (docs/method.md §2): switched ReLU units,
 changed pooling winners, and the fixed-point residual — the checks that say whether EP's
-smoothness assumptions hold at a given β (:class:`~workbench.recording.PhaseTrace`)."""
+smoothness assumptions hold at a given β (:class:`~workbench.engine.recording.PhaseTrace`)."""
 from __future__ import annotations
 
 import torch
@@ -9,7 +9,7 @@ __all__ = ["diagnose"]
 
 
 def diagnose(phase) -> torch.Tensor:
-    """``(4, L)`` float64 for a :class:`~workbench.equilibrate.NudgedPhase`: per layer, the
+    """``(4, L)`` float64 for a :class:`~workbench.engine.equilibrate.NudgedPhase`: per layer, the
     fraction of its ReLU units whose pre-activation sign differs from the free state's, the
     fraction of its pooling windows whose winner changed, and the max and RMS of the fixed-point
     residual ``h_k − T_k(h)`` (``T`` the update applied to every layer at once from the current

@@ -1,6 +1,6 @@
 """The settings of one gradient estimate, in one frozen dataclass that checks itself.
 
-:class:`EstimatorSettings` is what :func:`workbench.ep.estimate` computes with, what a training
+:class:`EstimatorSettings` is what :func:`workbench.engine.ep.estimate` computes with, what a training
 config holds (``TrainConfig.estimator``), and what every command line builds its flags from
 (:mod:`workbench.flags`): one list of choices and one help text per field, kept here. The
 method behind each field is in docs/method.md.
@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
+from ..flags import option
 from .energy import COSTS
-from .flags import option
 
 SCHEMES = ("forward", "backward", "centered", "random")
 #: predictive coding's own training: inference learning (docs/method.md §10)
@@ -25,10 +27,30 @@ ORDERS = ("async", "sync")
 PRECISIONS = ("auto", "strict", "fast")
 PERTURBATIONS = ("nudge", "clamp")
 STATE_OPTIMIZERS = ("gd", "momentum", "adam")
+#: the fields whose value means "decide for the device": a run decides them once when it starts
+#: (:meth:`EstimatorSettings.resolved`) and config.json records what they became
+AUTO = {"precision": "auto", "fused": None}
 
 __all__ = ["EstimatorSettings", "SCHEMES", "PC_SCHEMES", "ALL_SCHEMES", "SIGN_MODES", "UPDATES",
            "ORDERS", "PRECISIONS", "PERTURBATIONS", "STATE_OPTIMIZERS", "check_choice",
-           "check_beta", "check_iterations"]
+           "check_beta", "check_iterations", "AUTO", "is_auto", "resolve_precision"]
+
+
+def is_auto(name: str, value) -> bool:
+    """Is ``value`` of field ``name`` the one that leaves the choice to the device (:data:`AUTO`)?"""
+    return name in AUTO and value == AUTO[name]
+
+
+def resolve_precision(name: str, param_dtype: torch.dtype, device, linear: bool = True) -> str:
+    """``auto`` → ``fast`` for a float32 model of built-in (``linear``) layers on CUDA (where
+    fast mode passed the fidelity rule, BENCHMARKS.md), ``strict`` everywhere else (general
+    blocks included: docs/method.md §9); other names unchanged."""
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(PRECISIONS)}")
+    if name != "auto":
+        return name
+    cuda = torch.device(device).type == "cuda"
+    return "fast" if cuda and linear and param_dtype == torch.float32 else "strict"
 
 
 def check_choice(what: str, value, accepted) -> None:
@@ -55,7 +77,7 @@ class EstimatorSettings:
 
     ``beta`` is the magnitude β > 0; the scheme sets the sign. ``signs``: how the ``random``
     scheme draws the sign of β (a tensor of ±1 chosen by the caller is passed to
-    :func:`~workbench.ep.estimate` directly). ``tol``: stop a phase early once no state changed
+    :func:`~workbench.engine.ep.estimate` directly). ``tol``: stop a phase early once no state changed
     by more than ``tol`` in an iteration. ``precision``: ``strict`` (the parameters' dtype,
     TF32 off), ``fast`` (bf16 convolutions on fp32 deviations) or ``auto`` (fast for a float32
     model on CUDA, else strict). ``fused``: compile the elementwise work (``None``: on where
@@ -132,6 +154,26 @@ class EstimatorSettings:
             raise ValueError(f"unknown estimator settings {unknown}; accepted: "
                              f"{', '.join(self.names())}")
         return dataclasses.replace(self, **changes)
+
+    def resolved(self, param_dtype: torch.dtype, device, linear: bool = True) -> "EstimatorSettings":
+        """These settings with every automatic choice (:data:`AUTO`) decided for a model of
+        ``param_dtype`` on ``device`` (``linear``: of built-in layers only) — the one place the
+        rule lives: precision by :func:`resolve_precision`, ``fused`` (the compiled
+        elementwise kernels) on where precision is fast on CUDA."""
+        precision = resolve_precision(self.precision, param_dtype, device, linear)
+        fused = self.fused if self.fused is not None else \
+            (precision == "fast" and torch.device(device).type == "cuda")
+        return dataclasses.replace(self, precision=precision, fused=fused)
+
+    def as_recorded(self, recorded: dict) -> dict:
+        """:meth:`to_dict`, with each automatic choice replaced by what ``recorded`` (the
+        estimator of a run's config.json) says it resolved to: how a run folder records these
+        settings."""
+        d = self.to_dict()
+        for name in AUTO:
+            if is_auto(name, d[name]) and name in recorded:
+                d[name] = recorded[name]
+        return d
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

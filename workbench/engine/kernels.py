@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 __all__ = ["relu_shift", "pool_indices", "pool_window", "unpool_window", "relu_error",
            "relu_drive", "drive_window", "mod_pgd_update", "pgd_update", "mod_pgd_step",
-           "pgd_step", "linear_update", "linear_step", "Elementwise", "EAGER", "POINTWISE", "compiled"]
+           "pgd_step", "linear_update", "linear_step", "Elementwise", "EAGER", "POINTWISE",
+           "compiled"]
 
 Opt = Optional[torch.Tensor]
 

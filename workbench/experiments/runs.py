@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from .files import read_json
+from ..engine.settings import is_auto
+from ..files import read_json
+from ..training.runfolder import flat_config
 
 __all__ = ["Run", "find_runs", "read_state", "flat_config", "differing", "aggregate", "grid",
            "METRICS", "value_label"]
@@ -60,20 +62,6 @@ def _rows(folder: Path) -> list[dict]:
             except json.JSONDecodeError:             # a line cut by a kill: resume rewrites it
                 pass
     return rows
-
-
-def flat_config(config: dict) -> dict:
-    """``{"estimator": {"beta": …}, "model_args": {"widths": …}}`` → ``{"beta": …,
-    "model_args.widths": …}``: the fields as a sweep file and ``--flags`` name them."""
-    out = {}
-    for k, v in config.items():
-        if k == "estimator" and isinstance(v, dict):
-            out.update(v)
-        elif isinstance(v, dict):
-            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-        else:
-            out[k] = v
-    return out
 
 
 @dataclass
@@ -159,16 +147,12 @@ def _find(path: Path) -> Iterable[Run]:
             yield from _find(child)
 
 
-#: values a run resolves when it starts (config.json records what they became); a sweep point
-#: not started yet still holds them, and they differ from nothing
-UNRESOLVED = {"precision": "auto", "fused": None}
-
-
 def differing(runs: Sequence[Run], ignore: Iterable[str] = ("run_dir", "resume", "progress",
                                                             "data_root")) -> list[str]:
     """The config fields (flattened) whose values are not the same in every run, in the order
-    of the first run's config (a value still to be resolved, :data:`UNRESOLVED`, counts as
-    equal to any)."""
+    of the first run's config (a value still to be decided for the device,
+    :func:`workbench.engine.settings.is_auto` — a sweep point not started yet — counts as equal
+    to any)."""
     flats = [r.flat for r in runs]
     keys: list[str] = []
     for f in flats:
@@ -177,7 +161,7 @@ def differing(runs: Sequence[Run], ignore: Iterable[str] = ("run_dir", "resume",
 
     def values(k):
         return {json.dumps(f.get(k), sort_keys=True) for f in flats
-                if not (k in UNRESOLVED and f.get(k) == UNRESOLVED[k])}
+                if not is_auto(k, f.get(k))}
     return [k for k in keys if k not in ignore and len(values(k)) > 1]
 
 

@@ -17,7 +17,7 @@ parameter names that the estimators report are short and stable.
 Any other ``nn.Module`` can be a layer too: :func:`from_blocks` makes a PCN whose layer k is a
 block returning ``a_k`` (a residual block with BatchNorm, a transformer block, …), with the
 blocks' own parameter names under ``layers.<k-1>.`` (docs/method.md §9; ``resnet18`` and ``vit``
-are built that way, in :mod:`workbench.resnet` and :mod:`workbench.vit`).
+are built that way, in :mod:`workbench.engine.resnet` and :mod:`workbench.engine.vit`).
 
 Build models by name with :func:`build`; every model takes the same signature.
 """
@@ -36,8 +36,8 @@ from .layers import ConvLayer, DenseLayer, PCNLayer, SkipLayer
 from .wiring import ACTIVATIONS, Wiring
 
 __all__ = ["PCNLayer", "ConvLayer", "DenseLayer", "SkipLayer", "PCN", "from_blocks",
-           "as_blocks", "build", "available", "register", "default_image_size", "general",
-           "init_bound", "vgg7", "vgg9", "vgg10skip"]
+           "as_blocks", "build", "available", "register", "default_image_size", "input_size",
+           "general", "init_bound", "vgg7", "vgg9", "vgg10skip"]
 
 
 class PCN(nn.Module):
@@ -45,12 +45,12 @@ class PCN(nn.Module):
 
     Attributes:
         layers: the maps ``f_1..f_L`` (``layers[k-1]`` is layer k): built-in
-            :class:`~workbench.layers.PCNLayer` s, or any ``nn.Module`` returning the layer's
+            :class:`~workbench.engine.layers.PCNLayer` s, or any ``nn.Module`` returning the layer's
             pre-activation (:func:`from_blocks`).
-        skips: :class:`~workbench.layers.SkipLayer` maps ``S`` from a layer ``src`` into a layer
+        skips: :class:`~workbench.engine.layers.SkipLayer` maps ``S`` from a layer ``src`` into a layer
             ``dst`` (parameters ``skips.<i>.weight`` / ``.bias``); empty for a plain chain.
         activations: per layer, ``relu`` or ``identity`` (the output: ``identity``).
-        wiring: the :class:`~workbench.wiring.Wiring` every walk through the network reads.
+        wiring: the :class:`~workbench.engine.wiring.Wiring` every walk through the network reads.
         in_shape: shape of one input example, e.g. ``(1, 32, 32)`` or ``(784,)``; None until the
             first batch for a network of general blocks whose input was not given.
         num_classes: width of the output layer (None until the first batch, likewise).
@@ -150,7 +150,7 @@ def from_blocks(blocks, *, activations="relu", in_shape: Optional[Sequence[int]]
     per block; the last block is the output, whose activation is ``identity``. Parameters keep
     the blocks' own names under their layer (``layers.<k-1>.<name>``), the names that ``.grad``
     and ``est.grads`` use. ``in_shape`` / ``num_classes`` are taken from the first batch unless
-    given. A block with dropout is refused (:func:`workbench.blocks.check_block`).
+    given. A block with dropout is refused (:func:`workbench.engine.blocks.check_block`).
     """
     if isinstance(blocks, nn.Module) and not isinstance(blocks, (nn.Sequential, nn.ModuleList)):
         raise ValueError(f"blocks must be a sequence of nn.Module (a list, tuple, nn.Sequential "
@@ -405,18 +405,20 @@ class _Entry:
     fn: Callable[..., PCN]
     image_size: int
     general: bool = False
+    sized_input: bool = False      # the data is prepared at image_size unless a run says
 
 
-_REGISTRY: dict[str, _Entry] = {"mlp": _Entry(mlp, 28), "vgg5": _Entry(vgg5, 32),
+_REGISTRY: dict[str, _Entry] = {"mlp": _Entry(mlp, 28), "vgg5": _Entry(vgg5, 32, sized_input=True),
                                 "vgg7": _Entry(vgg7, 32), "vgg9": _Entry(vgg9, 32),
                                 "vgg10": _Entry(vgg10, 224), "vgg10skip": _Entry(vgg10skip, 224)}
 
 
 def register(name: str, fn: Callable[..., PCN], image_size: int = 32,
-             general: bool = False) -> None:
+             general: bool = False, sized_input: bool = False) -> None:
     """Add a model constructor ``fn(num_classes, in_channels, image_size, **overrides)``, its
-    default input size, and whether its layers are general blocks (strict precision only)."""
-    _REGISTRY[name] = _Entry(fn, image_size, general)
+    default input size, whether its layers are general blocks (strict precision only), and
+    whether a run prepares its data at that size when it names none (:func:`input_size`)."""
+    _REGISTRY[name] = _Entry(fn, image_size, general, sized_input)
 
 
 def general(name: str) -> bool:
@@ -436,6 +438,16 @@ def default_image_size(name: str) -> int:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
     return _REGISTRY[name].image_size
+
+
+def input_size(name: str) -> Optional[int]:
+    """The size a run prepares its data at when it names none: the model's default size for a
+    model registered with ``sized_input`` (vgg5: 32, the paper's 28×28 MNIST zero-padded), else
+    None — the dataset's own size, which the model is then built for."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}")
+    entry = _REGISTRY[name]
+    return entry.image_size if entry.sized_input else None
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 1,

@@ -1,6 +1,6 @@
 """The run folder: ``config.json``, ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt``.
 
-* ``config.json`` — the full :class:`~workbench.train.TrainConfig`, written when the run starts.
+* ``config.json`` — the full :class:`~workbench.training.train.TrainConfig`, written when the run starts.
 * ``metrics.jsonl`` — one JSON object per line, appended and flushed as the run goes.
 * ``checkpoint.pt`` — the latest checkpoint, written atomically (a temp file in the same folder,
   fsync, ``os.replace``), so a kill at any moment leaves the previous checkpoint or the new one,
@@ -27,11 +27,11 @@ from typing import Optional
 
 import torch
 
-from .files import (DamagedFileError, WriteError, append_bytes, read_json,
-                    remove_stale_temporaries, write_atomic)
+from ..files import (DamagedFileError, WriteError, append_bytes, read_json,
+                     remove_stale_temporaries, write_atomic)
 
-__all__ = ["RunFolder", "config_diff", "atomic_write", "load_checkpoint", "hardware", "cpu_name",
-           "git_commit", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
+__all__ = ["RunFolder", "flat_config", "config_diff", "atomic_write", "load_checkpoint",
+           "hardware", "cpu_name", "git_commit", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
 
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", \
     "checkpoint.pt"
@@ -247,3 +247,17 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return commit + ("+dirty" if dirty else "")
+
+
+def flat_config(config: dict) -> dict:
+    """``{"estimator": {"beta": …}, "model_args": {"widths": …}}`` → ``{"beta": …,
+    "model_args.widths": …}``: the fields as a sweep file and ``--flags`` name them."""
+    out = {}
+    for k, v in config.items():
+        if k == "estimator" and isinstance(v, dict):
+            out.update(v)
+        elif isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out

@@ -20,7 +20,7 @@ A sweep file (YAML; ``experiments/`` holds one per experiment of the paper)::
     seeds: [0, 1, 2]              # every point runs once per seed (default: [base seed or 0])
     slurm: {timeout_min: 2880, gpus_per_node: 1}   # defaults of the Slurm launcher
 
-Every point is ``base`` + its overrides + its seed, run by the same :func:`workbench.train.run`
+Every point is ``base`` + its overrides + its seed, run by the same :func:`workbench.training.train.run`
 into its own run folder ``<sweep folder>/<name>``, named by its overrides
 (``beta=0.01,iterations=3,seed=0``). The sweep folder keeps ``sweep.yaml`` (the file as given)
 and ``plan.json`` (every point's overrides and full config).
@@ -62,12 +62,12 @@ from typing import Optional
 
 import yaml
 
-from .config import RESUMABLE, TrainConfig, saved_config
-from .distributed import process_rank
-from .files import read_json, write_atomic
-from .runfolder import CONFIG, SUMMARY, config_diff
+from ..engine.settings import EstimatorSettings
+from ..files import read_json, write_atomic
+from ..training.config import RESUMABLE, TrainConfig, saved_config
+from ..training.distributed import process_rank
+from ..training.runfolder import CONFIG, SUMMARY, config_diff
 from .runs import ERROR_FILE, flat_config, read_state
-from .settings import EstimatorSettings
 
 __all__ = ["Sweep", "Point", "SweepError", "load", "point_state", "run_local", "run_slurm",
            "run_point", "PointTask", "add_arguments", "main", "read_yaml", "slurm_executor",
@@ -323,11 +323,7 @@ def _comparable(cfg: TrainConfig, saved: dict) -> dict:
     """The point's config as its run folder records it: where the point leaves precision
     (``auto``) or fused (``None``) to the device, the run recorded what they resolved to."""
     d = cfg.to_dict()
-    est, old = d["estimator"], saved.get("estimator", {})
-    if est["precision"] == "auto" and "precision" in old:
-        est["precision"] = old["precision"]
-    if est["fused"] is None and "fused" in old:
-        est["fused"] = old["fused"]
+    d["estimator"] = cfg.estimator.as_recorded(saved.get("estimator", {}))
     return d
 
 
@@ -353,7 +349,7 @@ def _locked(p: Point) -> bool:
 
 def point_state(p: Point, lock: bool = True) -> dict:
     """``{"state": ..., "epochs": done, "of": total, "error": ...}``: the run folder's state
-    (:func:`workbench.runs.read_state`: ``done``, ``failed``, ``started`` — killed or
+    (:func:`workbench.experiments.runs.read_state`: ``done``, ``failed``, ``started`` — killed or
     pre-empted, it resumes — or ``pending``), or ``running`` while its lock is held
     (``lock=False``: asked by the lock's holder)."""
     out = {"point": p.name, **read_state(p.folder, p.config.epochs)}
@@ -409,7 +405,7 @@ def run_point(folder, name: str, notebooks: bool = False) -> dict:
     """Run (or resume) point ``name`` of the sweep in ``folder``; return its state. Holds the
     point's lock while it runs; an exception is written to the point's error file and raised.
     In a multi-process point (Slurm tasks, torchrun) only rank 0 takes the lock and writes;
-    every rank runs the same training (:mod:`workbench.distributed`)."""
+    every rank runs the same training (:mod:`workbench.training.distributed`)."""
     sweep = from_folder(folder)
     p = sweep.point(name)
     if process_rank() != 0:
@@ -439,7 +435,7 @@ def _run(p: Point, notebooks: bool, writer: bool) -> dict:
         if notebooks:
             _run_notebook(cfg)
         else:
-            from .train import run
+            from ..training.train import run
             run(cfg)
     except Exception as e:      # (a signal or Ctrl-C is no failure: the point resumes)
         if writer:
@@ -541,7 +537,7 @@ def run_local(sweep: Sweep, slots: Optional[int] = None, notebooks: bool = False
                 env["OMP_NUM_THREADS"] = str(threads)
             p.folder.mkdir(parents=True, exist_ok=True)
             logf = open(p.folder / LOG_FILE, "ab")
-            cmd = [sys.executable, "-m", "workbench.sweep", str(sweep.folder), p.name]
+            cmd = [sys.executable, "-m", "workbench.experiments.sweep", str(sweep.folder), p.name]
             if gpus_per_point > 1:          # one rendezvous per point, on a free port
                 cmd[1:1] = ["-m", "torch.distributed.run", "--standalone",
                             "--nproc_per_node", str(gpus_per_point)]
@@ -725,7 +721,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _worker(argv: list[str]) -> int:
-    """``python -m workbench.sweep FOLDER POINT [--notebooks]``: one point, in its own
+    """``python -m workbench.experiments.sweep FOLDER POINT [--notebooks]``: one point, in its own
     process (what the local launcher starts)."""
     notebooks = "--notebooks" in argv
     folder, name = [a for a in argv if a != "--notebooks"]

@@ -1,7 +1,7 @@
 """The training configuration (:class:`TrainConfig`), its checks and its command-line flags.
 
 Everything a run depends on is one :class:`TrainConfig`; how each gradient is estimated is its
-``estimator`` (an :class:`~workbench.settings.EstimatorSettings`, defaulting to the paper's VGG5
+``estimator`` (an :class:`~workbench.engine.settings.EstimatorSettings`, defaulting to the paper's VGG5
 cross-entropy recipe, docs/method.md §8). ``config.json`` in a run folder is
 :meth:`TrainConfig.to_dict`; :meth:`TrainConfig.from_dict` also reads the flat layout that
 earlier versions wrote (the estimator's fields at the top level).
@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from . import data, flags, models
-from .files import read_json
-from .flags import option
+from .. import data, flags
+from ..engine import models
+from ..engine.settings import PC_SCHEMES, SCHEMES, EstimatorSettings
+from ..files import read_json
+from ..flags import option
 from .presets import PRESETS, preset_values
-from .settings import PC_SCHEMES, SCHEMES, EstimatorSettings
 
 #: the estimators a training step can take (``algorithm="ep"``; ``ipc`` takes ``il``)
 TRAIN_SCHEMES = SCHEMES + PC_SCHEMES
@@ -50,11 +51,11 @@ class TrainConfig:
     ``TrainConfig(model="vgg5", scheme="random", beta=0.05)``: the estimator's fields may be
     given flat, beside (and over) ``estimator=EstimatorSettings(...)`` or a dict of its fields.
     ``TrainConfig(preset="vgg5-cifar10-ce", lr=0.02)``: a recipe of the paper
-    (:mod:`workbench.presets`) fills every field not given; a ``dataset`` or ``model`` given
+    (:mod:`workbench.training.presets`) fills every field not given; a ``dataset`` or ``model`` given
     beside a preset must be the preset's.
     """
     preset: Optional[str] = option(None, "a recipe of the paper: its values for every field "
-                                   "not given (workbench.presets)", sorted(PRESETS))
+                                   "not given (workbench.training.presets)", sorted(PRESETS))
     dataset: str = option("fashion-mnist", "dataset name")
     data_root: Optional[str] = option(None, "folder holding the datasets (else $WORKBENCH_DATA)")
     model: str = option("vgg5", "model name")
@@ -98,7 +99,7 @@ class TrainConfig:
     download: bool = option(True, "let torchvision download MNIST / Fashion-MNIST / CIFAR when "
                             "missing")
     tensorboard: bool = option(True, "also write TensorBoard event files into <run_dir>/"
-                               "tensorboard (workbench.tracking)")
+                               "tensorboard (workbench.training.tracking)")
     wandb: bool = option(False, "also log to Weights & Biases in offline mode (needs the wandb "
                          "package; sync later with `wandb sync`)")
 

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .files import WriteError
-from .runs import flat_config
+from .runfolder import flat_config
+from ..files import WriteError
 
 __all__ = ["Tracker", "scalars", "hparams", "TENSORBOARD_DIR"]
 
@@ -53,7 +53,7 @@ def scalars(row: dict) -> dict[str, float]:
 
 
 def hparams(config: dict) -> dict:
-    """The config flattened (:func:`workbench.runs.flat_config`: the estimator's fields by
+    """The config flattened (:func:`workbench.training.runfolder.flat_config`: the estimator's fields by
     their own names, model/data options as ``model_args.NAME``) to TensorBoard's
     hyper-parameter values: numbers, strings and bools as they are, anything else as JSON."""
     return {k: v if isinstance(v, (bool, str)) or (isinstance(v, (int, float))

@@ -1,6 +1,6 @@
 """Recording a nudged phase: what it did, iteration by iteration (:class:`PhaseTrace`), and the
 loop that runs it (:func:`run_phase`). The phase's state and update rules are
-:class:`workbench.equilibrate.NudgedPhase`; its diagnostics :mod:`workbench.diagnostics`."""
+:class:`workbench.engine.equilibrate.NudgedPhase`; its diagnostics :mod:`workbench.engine.diagnostics`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -61,12 +61,12 @@ class Trace:
 
 def run_phase(phase, iterations: int, tol: Optional[float] = None, record: bool = True,
               signs: Optional[torch.Tensor] = None, diagnostics: bool = False) -> PhaseTrace:
-    """Run ``phase`` (a :class:`~workbench.equilibrate.NudgedPhase`) for up to ``iterations``
+    """Run ``phase`` (a :class:`~workbench.engine.equilibrate.NudgedPhase`) for up to ``iterations``
     iterations (fewer if every state changed by < ``tol``).
 
     With ``record`` off, only the final iteration's state change is measured (every
     iteration's when ``tol`` is set) and nothing waits for the device inside the loop
-    unless ``tol`` is set. ``diagnostics``: also record :func:`~workbench.diagnostics.diagnose`
+    unless ``tol`` is set. ``diagnostics``: also record :func:`~workbench.engine.diagnostics.diagnose`
     (every iteration with ``record``, else at the end).
     """
     beta = phase.beta.flatten()

@@ -10,7 +10,7 @@ Sign conventions, stated once:
 * parameter gradient    ``∂F/∂θ_k = −(∂f_k/∂θ_k)ᵀ ε_k``               (C has no θ)
 
 The free phase (β = 0) is the forward pass: every ``ε_k = 0`` and ``E = 0``.
-The engine in :mod:`workbench.equilibrate` never evaluates these formulas in this form (it carries
+The engine in :mod:`workbench.engine.equilibrate` never evaluates these formulas in this form (it carries
 deviations from the free state for precision); this module is the readable definition that the
 tests use as an oracle and the widgets use to explain.
 """

@@ -3,7 +3,7 @@
 The free phase is the forward pass. The nudged phase runs projected gradient descent on
 ``F = E + β·C`` with respect to the states, step size 1, so that each layer's update is closed
 form (``Δ_k = J_{f_{k+1}}(h_k)ᵀ ε_{k+1}`` is the top-down term, summed over every edge that reads
-``h_k``, :mod:`workbench.wiring`):
+``h_k``, :mod:`workbench.engine.wiring`):
 
 * hidden ReLU, ``mod_pgd``:  ``h_k ← relu(a_k + Δ_k)``   (the paper's scheme, default)
 * hidden ReLU, ``pgd``:      ``h_k ← relu(f_k(h_{k−1}) + Δ_k)``
@@ -17,7 +17,7 @@ chosen once, when the phase is set up (:func:`hidden_rule`).
 
 Deviation form: the engine carries ``d_k = h_k − h_k⁰`` (``h⁰`` the free state) instead of
 ``h_k``. Convolutions and dense maps are linear, so ``W(h⁰ + d) = z⁰ + W d``; a general block
-gives its deviation as ``g(h⁰ + d) − g(h⁰)`` (:mod:`workbench.blocks`). Pooling is taken over
+gives its deviation as ``g(h⁰ + d) − g(h⁰)`` (:mod:`workbench.engine.blocks`). Pooling is taken over
 ``(z⁰ − a⁰ spread over each window) + W d``, whose maximum is the pre-activation deviation ``δa``
 itself (exactly ``W d`` where the free choice stands), and ReLU differences are taken as
 ``relu(c + s) − relu(c) = max(s, −c) + min(c, 0)``, so that
@@ -29,8 +29,8 @@ as ``None`` and skipped.
 
 Shapes: states are ``(N, C, H, W)`` for conv layers, ``(N, features)`` for dense layers and
 whatever a general block returns. β is a ``(N, 1)`` tensor (one value per example, so the
-``random`` scheme needs one phase). The recording loop is :mod:`workbench.recording`, the
-diagnostics :mod:`workbench.diagnostics`.
+``random`` scheme needs one phase). The recording loop is :mod:`workbench.engine.recording`, the
+diagnostics :mod:`workbench.engine.diagnostics`.
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class FreeState:
     value*, ``z − a`` spread over each 2×2 window (≤ 0, and 0 where the pool chose); the last two
     only for pooling layers, else ``None``. All in the state dtype. ``h[0]`` is the input.
     ``maps[i]``: the map of ``net.wiring.edges[i]`` in ``precision`` (a
-    :class:`~workbench.layers.LayerMap` or a :class:`~workbench.blocks.BlockMap`).
+    :class:`~workbench.engine.layers.LayerMap` or a :class:`~workbench.engine.blocks.BlockMap`).
     """
     h: list
     a: list
@@ -82,7 +82,7 @@ class FreeState:
 
 def edge_map(edge, precision: Precision):
     """The engine's view of ``edge`` in ``precision``: closed-form linear algebra for a built-in
-    layer, autograd for a general block (strict precision only; :func:`workbench.ep.estimate`
+    layer, autograd for a general block (strict precision only; :func:`workbench.engine.ep.estimate`
     refuses fast precision for a network with general blocks)."""
     return edge.module.map(precision, edge.prefix) if edge.linear else BlockMap(edge)
 
@@ -90,7 +90,7 @@ def edge_map(edge, precision: Precision):
 @torch.no_grad()
 def free_phase(net, x: torch.Tensor, precision: Union[Precision, str] = "strict") -> FreeState:
     """The forward pass, kept layer by layer for the nudged phases (``precision``: a
-    :class:`~workbench.precision.Precision` or its name). Normalisation layers in train mode
+    :class:`~workbench.engine.precision.Precision` or its name). Normalisation layers in train mode
     update their running statistics here, once, as in backprop's forward pass."""
     if isinstance(precision, str):
         p = next(net.parameters())
@@ -157,7 +157,7 @@ Rule = Callable[..., Opt]
 def hidden_rule(activation: str, update: str, step_size: float) -> Rule:
     """The update of a hidden layer, ``rule(ew, a0, h0, d, da, delta) -> new d`` (None: exactly
     zero), chosen once per layer: ``ew(name, *args)`` runs the elementwise piece ``name`` of
-    :mod:`workbench.kernels`; ``a0`` / ``h0`` the free pre-activation and state, ``d`` the
+    :mod:`workbench.engine.kernels`; ``a0`` / ``h0`` the free pre-activation and state, ``d`` the
     current deviation, ``da`` the pre-activation deviation, ``delta`` the top-down term."""
     if step_size == 1.0:
         if activation == "identity":
@@ -190,7 +190,7 @@ class StateMoments:
     """The memory of one layer's state optimizer (IL, docs/method.md §10): ``direction(g, t)``
     → ``u``, the step being ``α u``: ``momentum`` (``m ← μ m + g``, ``u = m``) or ``adam``
     (``β₁ = μ``, ``β₂ = 0.999``, bias-corrected at step count ``t``, ``u = m̂ / (√v̂ + 1e-8)``).
-    Used by the engine's IL rule and by iPC (:mod:`workbench.pc`)."""
+    Used by the engine's IL rule and by iPC (:mod:`workbench.engine.pc`)."""
 
     def __init__(self, kind: str, momentum: float):
         self.kind, self.mu = kind, float(momentum)
@@ -238,11 +238,11 @@ class StateOptimizerRule:
 
 class NudgedPhase:
     """The state of one nudged phase from the free state, its update rules and one iteration
-    (:meth:`step`); :meth:`run` records it (:func:`workbench.recording.run_phase`) and
+    (:meth:`step`); :meth:`run` records it (:func:`workbench.engine.recording.run_phase`) and
     :meth:`param_grads` gives ``∂F/∂θ`` at its end.
 
     Args:
-        net: a :class:`workbench.models.PCN`.
+        net: a :class:`workbench.engine.models.PCN`.
         free: the free state (it holds the edge maps); ``y``: labels ``(N,)``.
         beta: ``(N, 1)`` signed β per example. ``cost_name``: ``ce`` | ``mse``.
         update: ``mod_pgd`` | ``pgd``; ``order``: ``async`` | ``sync``.
@@ -465,7 +465,7 @@ class NudgedPhase:
 
     def run(self, iterations: int, tol: Optional[float] = None, record: bool = True,
             signs: Optional[torch.Tensor] = None, diagnostics: bool = False) -> PhaseTrace:
-        """:func:`workbench.recording.run_phase` on this phase."""
+        """:func:`workbench.engine.recording.run_phase` on this phase."""
         return run_phase(self, iterations, tol=tol, record=record, signs=signs,
                          diagnostics=diagnostics)
 

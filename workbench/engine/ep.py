@@ -26,7 +26,7 @@ import torch
 from . import energy
 from .blocks import couples_examples, frozen_statistics
 from .equilibrate import NudgedPhase, free_phase
-from .precision import Precision, precision_context
+from .precision import Precision, forward, precision_context
 from .recording import Trace
 from .settings import ALL_SCHEMES, SCHEMES, SIGN_MODES, EstimatorSettings
 
@@ -40,7 +40,7 @@ class Estimate:
     """What :func:`estimate` returns.
 
     ``grads``: parameter name (as in ``net.named_parameters()``) → gradient estimate, in the
-    parameter's dtype. ``trace``: one :class:`~workbench.equilibrate.PhaseTrace` per nudged phase
+    parameter's dtype. ``trace``: one :class:`~workbench.engine.equilibrate.PhaseTrace` per nudged phase
     (none for ``bp``) and the free cost. ``loss``: mean cost at the free state (the forward pass).
     ``logits``: the free-phase output, ``(N, classes)``, detached. ``settings``: what computed it.
     """
@@ -128,14 +128,7 @@ def bp_gradients(net, x: torch.Tensor, y: torch.Tensor, cost_name: str = "ce",
     params = [p for _, p in named]
     prec = Precision.make(precision, params[0].dtype, params[0].device)
     with precision_context(prec), torch.enable_grad():
-        if prec.name == "fast":
-            with torch.autocast(x.device.type, dtype=torch.bfloat16):
-                xin = x.contiguous(memory_format=torch.channels_last) \
-                    if prec.channels_last and x.dim() == 4 else x
-                logits = net(xin)
-            logits = logits.float()
-        else:
-            logits = net(x)
+        logits = forward(net, x, prec)
         loss = energy.cost(cost_name, logits, y).mean()
         gs = torch.autograd.grad(loss, params, allow_unused=True)
     gs = [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]  # unused: zero
@@ -225,10 +218,10 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
     """Estimate the gradient of the batch-mean cost and write it into ``.grad``.
 
     Args:
-        net: a PCN from :func:`workbench.models.build`.
+        net: a PCN from :func:`workbench.engine.models.build`.
         x: inputs ``(N, *net.in_shape)``, floating point (cast to the parameters' dtype).
         y: class indices ``(N,)``, integer.
-        settings: an :class:`~workbench.settings.EstimatorSettings` (default: its defaults);
+        settings: an :class:`~workbench.engine.settings.EstimatorSettings` (default: its defaults);
             ``overrides`` replace single fields: ``estimate(net, x, y, scheme="forward",
             beta=0.01)`` — scheme, beta, iterations, cost, update, order, signs, tol,
             precision, fused (see the dataclass).
@@ -265,7 +258,8 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
                          "a general block's deviation g(h⁰ + d) − g(h⁰) is a difference of two "
                          "O(1) values, which bf16 or TF32 cannot carry (docs/method.md §9); use "
                          "'strict' (or 'auto', which picks it)")
-    prec = Precision.make(s.precision, p0.dtype, p0.device, linear=linear)
+    r = s.resolved(p0.dtype, p0.device, linear=linear)
+    prec = Precision.make(r.precision, p0.dtype, p0.device, linear=linear)
     sign_list = _phase_signs(s, x.shape[0], tensor_signs, generator, x.device, prec.state)
     if len(sign_list) == 1 and bool((sign_list[0] != sign_list[0][0]).any()) \
             and couples_examples(net):
@@ -274,8 +268,7 @@ def estimate(net, x: torch.Tensor, y: torch.Tensor, settings: Optional[Estimator
                          "examples of a batch (docs/method.md §9): use signs='batch' (one sign "
                          "per batch), another scheme, or the model in eval mode")
     auto = s.fused is None
-    fused = (prec.name == "fast" and x.device.type == "cuda" and not _FUSED_BROKEN) if auto \
-        else s.fused
+    fused = r.fused and not (auto and _FUSED_BROKEN)
     try:
         grads, tr, logits = _ep_gradients(net, x, y, s, prec, sign_list, fused, trace,
                                           diagnostics)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .settings import PRECISIONS
+from .settings import PRECISIONS, resolve_precision
 
 __all__ = ["PRECISIONS", "Precision", "precision_context", "ieee_fp32", "fp32_math",
-           "fp32_switches"]
+           "fp32_switches", "forward"]
 
 
 @dataclass(frozen=True)
@@ -42,21 +42,11 @@ class Precision:
     free_ieee: bool = False     # fast: the free phase's fp32 maps with TF32 off
 
     @staticmethod
-    def resolve(name: str, param_dtype: torch.dtype, device, linear: bool = True) -> str:
-        """``auto`` → ``fast`` for a float32 model of built-in (``linear``) layers on CUDA
-        (where fast mode passed the fidelity rule, BENCHMARKS.md), ``strict`` everywhere else
-        (general blocks included: docs/method.md §9); other names unchanged."""
-        if name not in PRECISIONS:
-            raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(PRECISIONS)}")
-        if name != "auto":
-            return name
-        cuda = torch.device(device).type == "cuda"
-        return "fast" if cuda and linear and param_dtype == torch.float32 else "strict"
-
-    @staticmethod
     def make(name: str, param_dtype: torch.dtype, device: torch.device,
              linear: bool = True) -> "Precision":
-        name = Precision.resolve(name, param_dtype, device, linear)
+        """The dtypes of precision ``name`` (``auto`` decided by
+        :func:`workbench.engine.settings.resolve_precision`)."""
+        name = resolve_precision(name, param_dtype, device, linear)
         if name == "strict":
             return Precision("strict", param_dtype, param_dtype, param_dtype, param_dtype)
         return Precision("fast", torch.float32, torch.bfloat16, torch.float32, torch.float32,
@@ -135,3 +125,18 @@ def ieee_fp32():
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def forward(net, x: torch.Tensor, precision: Precision) -> torch.Tensor:
+    """The network's output ``net(x)`` in ``precision``'s arithmetic, as backprop computes it —
+    strict: in the parameters' dtype; fast: under bfloat16 autocast on ``x``'s device (images
+    channels_last where the precision says), the output widened to float32. The one forward
+    pass of BP (:func:`workbench.engine.ep.bp_gradients`), of evaluation and of the
+    benchmarks' floor; the caller holds :func:`precision_context` and the grad mode."""
+    if precision.name != "fast":
+        return net(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        if precision.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = net(x)
+    return out.float()

@@ -6,7 +6,7 @@ then takes one weight step. iPC interleaves the two: after every inference step 
 optimizer takes a step on the weights, from ∂E/∂θ at the states as they are. The weights move
 inside the relaxation, so the free state the engine's deviation form is measured from does not
 stay fixed; this module therefore works on full states, with E written plainly (as
-:mod:`workbench.energy` writes it) and differentiated by autograd — any PCN the engine takes
+:mod:`workbench.engine.energy` writes it) and differentiated by autograd — any PCN the engine takes
 (built-in layers, skips, general blocks) works, with BatchNorm's running statistics moved once
 per training step, by the forward pass.
 
@@ -48,7 +48,7 @@ def il_energy(net, states: list, y: torch.Tensor, cost: str) -> torch.Tensor:
 
 class _StateSteps:
     """The state optimizer of one training step: ``step(k, h, g)`` → the new ``h_k`` (its
-    memory per layer: :class:`~workbench.equilibrate.StateMoments`, as IL's)."""
+    memory per layer: :class:`~workbench.engine.equilibrate.StateMoments`, as IL's)."""
 
     def __init__(self, s: EstimatorSettings, relu: list):
         self.s, self.relu, self.moments, self.t = s, relu, {}, {}

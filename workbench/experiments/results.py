@@ -1,7 +1,7 @@
 """The paper's figures and tables drawn from the runs of the sweeps in ``experiments/``
 (notebook 06), with the paper's printed numbers beside ours where it printed numbers.
 
-Each ``figN`` / ``tableN`` function takes the runs of its sweep (:func:`workbench.runs.find_runs`
+Each ``figN`` / ``tableN`` function takes the runs of its sweep (:func:`workbench.experiments.runs.find_runs`
 on the sweep folder; the paper-size sweep or its ``-small`` variant) and returns what to show:
 plotly figures and HTML tables. Only finished runs enter a mean; a table says how many did.
 The experiments themselves: docs/method.md §8.
@@ -16,9 +16,9 @@ from typing import Callable, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..engine.settings import EstimatorSettings
+from ..training.presets import PAPER_TABLE1, PAPER_TABLE2
 from . import runs as R
-from .presets import PAPER_TABLE1, PAPER_TABLE2
-from .settings import EstimatorSettings
 
 __all__ = ["EXPERIMENTS", "method", "fig1", "fig2", "fig3", "fig4", "fig5", "table1", "table2",
            "table3", "by_model", "depth", "layers_of", "html_table", "mean_curve"]

@@ -186,14 +186,14 @@ class SkipLayer(PCNLayer):
 
 class LayerMap:
     """A built-in layer's linear algebra in one precision: ``W d``, ``Wᵀ g`` and ``g ⊗ h`` — the
-    engine's view of a linear edge of the wiring (:mod:`workbench.wiring`).
+    engine's view of a linear edge of the wiring (:mod:`workbench.engine.wiring`).
 
     The weights are cast once: to the precision's compute dtype (``precision.conv`` for conv
     layers, ``precision.dense`` for dense ones; channels_last where the precision asks for it)
     and, when it differs, to the free phase's dtype. Results come back in the state dtype, or
     in the compute dtype with ``keep`` (for a consumer that widens them itself).
 
-    The engine calls four methods, which a general block's map (:class:`workbench.blocks.BlockMap`)
+    The engine calls four methods, which a general block's map (:class:`workbench.engine.blocks.BlockMap`)
     has too: :meth:`free` (the free phase), :meth:`delta` (the deviation of the output),
     :meth:`vjp` (the top-down term) and :meth:`grads` (the parameter gradients, by name);
     ``src`` is the state the edge
