@@ -18,6 +18,7 @@ import yaml
 from conftest import write_mnist
 
 from workbench.experiments import sweep as sw
+from workbench.training import runfolder
 from workbench.training.config import TrainConfig
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WORKBENCH_DATA": ""}
@@ -178,7 +179,7 @@ def test_sweep_runs_once_resumes_after_sigkill_and_reports_failures(tmp_path, da
              and p.name not in ("plan.json", "sweep.yaml")}
     assert after == {p: t for p, t in stamps.items() if p in after}
     failed = b / "k" / "dataset=cifar10,model_args.widths=[8],seed=0"
-    assert "DatasetNotFoundError" in (failed / sw.ERROR_FILE).read_text()
+    assert "DatasetNotFoundError" in (failed / runfolder.ERROR).read_text()
     retry = _sweep(f, "--out", b, "--retry-failed")
     assert "1 to run" in retry.stdout
 
@@ -269,7 +270,7 @@ def test_run_point_in_process_writes_its_error_and_the_state_says_failed(tmp_pat
         sw.run_point(s.folder, p.name)
     state = sw.point_state(p)
     assert state["state"] == "failed" and "mnist" in state["error"]
-    assert "DatasetNotFoundError" in (p.folder / sw.ERROR_FILE).read_text()
+    assert "DatasetNotFoundError" in (p.folder / runfolder.ERROR).read_text()
     write_mnist(tmp_path / "nowhere" / "MNIST" / "raw", n_train=64, n_test=16)
     assert sw.run_point(s.folder, p.name)["state"] == "done"
 

@@ -95,8 +95,8 @@ def write_atomic(path: Path, fill: Callable[[BinaryIO], None] | bytes,
     kept; a crash between the renames leaves ``previous`` and the complete new temporary).
 
     ``fill`` is the content (bytes) or a function that writes it to the open binary file.
-    Raises :class:`WriteError` (the temporary file removed, ``path`` untouched) if any step
-    fails.
+    The folder is fsynced last, so that the renames themselves survive a crash. Raises
+    :class:`WriteError` (the temporary file removed, ``path`` untouched) if any step fails.
     """
     path = Path(path)
     try:
@@ -122,6 +122,14 @@ def write_atomic(path: Path, fill: Callable[[BinaryIO], None] | bytes,
             raise WriteError.wrap(path, rec.error if rec is not None and rec.error else e) \
                 from e
         raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise WriteError.wrap(path.parent, e) from e
 
 
 def append_bytes(f: BinaryIO, path: Path, data: bytes) -> None:

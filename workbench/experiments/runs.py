@@ -18,50 +18,15 @@ from typing import Iterable, Optional, Sequence
 
 from ..engine.settings import is_auto
 from ..files import read_json
-from ..training.runfolder import flat_config
+from ..training.runfolder import CONFIG, RunFolder, flat_config, read_state
 
 __all__ = ["Run", "find_runs", "read_state", "flat_config", "differing", "aggregate", "grid",
            "METRICS", "value_label"]
 
 #: metrics of an epoch row a comparison can show (fractions, except the losses)
 METRICS = ("test_top1_error", "test_top5_error", "test_loss", "train_loss")
-ERROR_FILE = "sweep-error.txt"
-
-
-def read_state(folder: Path, total: Optional[int] = None,
-               rows: Optional[list] = None) -> dict:
-    """A run folder's state from its files: ``done`` (summary says completed), ``failed`` (a
-    non-finite stop, or the error a sweep recorded), ``started`` (config without summary:
-    running, killed or pre-empted) or ``pending`` (nothing yet); with the epochs done of
-    ``total`` and the error's first line. ``rows``: its metrics rows, when already read."""
-    folder = Path(folder)
-    rows = _rows(folder) if rows is None else rows
-    epochs = sum(1 for r in rows if r.get("type") == "epoch")
-    out = {"epochs": epochs, "of": total, "error": None}
-    summary = folder / "summary.json"
-    if summary.is_file():
-        s = read_json(summary, "the run's summary")
-        if s.get("status") == "completed":
-            return {**out, "state": "done", "test_top1_error": s.get("test_top1_error")}
-        return {**out, "state": "failed", "error": s.get("message") or s.get("status")}
-    if (folder / ERROR_FILE).is_file():
-        text = (folder / ERROR_FILE).read_text().strip().splitlines()
-        return {**out, "state": "failed", "error": text[0] if text else "unknown error"}
-    if (folder / "config.json").is_file():
-        return {**out, "state": "started"}
-    return {**out, "state": "pending"}
-
-
-def _rows(folder: Path) -> list[dict]:
-    path = Path(folder) / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:             # a line cut by a kill: resume rewrites it
-                pass
-    return rows
+#: a sweep folder's plan (written by :mod:`workbench.experiments.sweep`, read here)
+PLAN = "plan.json"
 
 
 @dataclass
@@ -101,12 +66,11 @@ class Run:
     @classmethod
     def load(cls, folder, name: Optional[str] = None, config: Optional[dict] = None,
              sweep: Optional[str] = None) -> "Run":
-        folder = Path(folder)
-        saved = folder / "config.json"
-        cfg = read_json(saved, "the run's config") if saved.is_file() else dict(config or {})
-        rows = _rows(folder)
-        return cls(folder, name or folder.name, cfg, rows,
-                   read_state(folder, cfg.get("epochs"), rows), sweep)
+        run = RunFolder(folder, writer=False)
+        cfg = run.config() if run.holds_run() else dict(config or {})
+        rows = run.rows()
+        return cls(run.path, name or run.path.name, cfg, rows,
+                   run.state(cfg.get("epochs"), rows), sweep)
 
 
 def _number(v) -> bool:
@@ -131,19 +95,19 @@ def _find(path: Path) -> Iterable[Run]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (give sweep folders, run folders, or "
                                 f"folders holding them)")
-    plan = path / "plan.json"
+    plan = path / PLAN
     if plan.is_file():
         spec = read_json(plan, "a sweep's plan", "Run `workbench sweep FILE.yaml --dry-run` "
                          "to write it again")
         for point in spec["points"]:
             yield Run.load(path / point["name"], point["name"], point["config"], spec["name"])
         return
-    if (path / "config.json").is_file():
+    if (path / CONFIG).is_file():
         yield Run.load(path)
         return
     for child in sorted(q for q in path.iterdir() if q.is_dir() and not q.name.startswith(".")):
-        if (child / "plan.json").is_file() or (child / "config.json").is_file() or any(
-                child.rglob("config.json")):
+        if (child / PLAN).is_file() or (child / CONFIG).is_file() or any(
+                child.rglob(CONFIG)):
             yield from _find(child)
 
 

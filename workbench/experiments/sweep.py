@@ -66,17 +66,17 @@ from ..engine.settings import EstimatorSettings
 from ..files import read_json, write_atomic
 from ..training.config import RESUMABLE, TrainConfig, saved_config
 from ..training.distributed import process_rank
-from ..training.runfolder import CONFIG, SUMMARY, config_diff
-from .runs import ERROR_FILE, flat_config, read_state
+from ..training.runfolder import CONFIG, RunFolder, config_diff, flat_config, read_state
+from .runs import PLAN
 
 __all__ = ["Sweep", "Point", "SweepError", "load", "point_state", "run_local", "run_slurm",
            "run_point", "PointTask", "add_arguments", "main", "read_yaml", "slurm_executor",
-           "NOTEBOOK", "ERROR_FILE", "LOG_FILE"]
+           "NOTEBOOK", "LOG_FILE"]
 
 KEYS = ("name", "paper", "description", "base", "grid", "points", "seeds", "slurm")
 #: fields a sweep manages itself (each point's folder, and whether it resumes)
 MANAGED = ("run_dir", "resume")
-LOG_FILE, PLAN, SWEEP_FILE = "sweep.log", "plan.json", "sweep.yaml"
+LOG_FILE, SWEEP_FILE = "sweep.log", "sweep.yaml"
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_train.ipynb"
 
 
@@ -426,11 +426,10 @@ def _run(p: Point, notebooks: bool, writer: bool) -> dict:
         return state
     # decided before the training's rendezvous, so every rank sees the folder as it was
     cfg = dataclasses.replace(p.config, resume=(p.folder / CONFIG).is_file(), progress="text")
+    folder = RunFolder(p.folder, writer=writer)
     if writer:
         p.folder.mkdir(parents=True, exist_ok=True)
-        (p.folder / ERROR_FILE).unlink(missing_ok=True)
-        if (p.folder / SUMMARY).is_file():                  # a failed run, tried again
-            (p.folder / SUMMARY).unlink()
+        folder.clear_outcome()                              # a failed run, tried again
     try:
         if notebooks:
             _run_notebook(cfg)
@@ -440,8 +439,8 @@ def _run(p: Point, notebooks: bool, writer: bool) -> dict:
     except Exception as e:      # (a signal or Ctrl-C is no failure: the point resumes)
         if writer:
             # first line: what went wrong (the state shows it); then the whole traceback
-            text = f"{type(e).__name__}: {e}\n\n" + "".join(traceback.format_exception(e))
-            write_atomic(p.folder / ERROR_FILE, text.encode())
+            folder.record_error(f"{type(e).__name__}: {e}\n\n"
+                                + "".join(traceback.format_exception(e)))
         raise
     return point_state(p, lock=False)
 

@@ -23,6 +23,7 @@ from ..engine.settings import PC_SCHEMES, SCHEMES, EstimatorSettings
 from ..files import read_json
 from ..flags import option
 from .presets import PRESETS, preset_values
+from .runfolder import CONFIG
 
 #: the estimators a training step can take (``algorithm="ep"``; ``ipc`` takes ``il``)
 TRAIN_SCHEMES = SCHEMES + PC_SCHEMES
@@ -263,7 +264,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The flags given, over the saved config (``--resume``), else over the preset (``--preset``)
     and the defaults — TrainConfig itself fills what is not given."""
     given = flags.given(args, TrainConfig)
-    saved = Path(given.get("run_dir") or "") / "config.json"
+    saved = Path(given.get("run_dir") or "") / CONFIG
     if not (given.get("resume") and saved.is_file()):
         return TrainConfig.from_dict(given)
     base = saved_config(read_json(saved, "the run's config", "Restore it from a backup, or "

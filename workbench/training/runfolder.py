@@ -30,30 +30,18 @@ import torch
 from ..files import (DamagedFileError, WriteError, append_bytes, read_json,
                      remove_stale_temporaries, write_atomic)
 
-__all__ = ["RunFolder", "flat_config", "config_diff", "atomic_write", "load_checkpoint",
-           "hardware", "cpu_name", "git_commit", "CHECKPOINT", "PREVIOUS_CHECKPOINT"]
+__all__ = ["RunFolder", "flat_config", "config_diff", "load_checkpoint", "read_state",
+           "hardware", "cpu_name", "git_commit", "CONFIG", "METRICS", "SUMMARY", "CHECKPOINT",
+           "PREVIOUS_CHECKPOINT", "ERROR"]
 
+# the run folder's files: this module writes and reads every one of them
 CONFIG, METRICS, SUMMARY, CHECKPOINT = "config.json", "metrics.jsonl", "summary.json", \
     "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+#: the error a sweep recorded for a run that raised (first line, then the traceback)
+ERROR = "sweep-error.txt"
 #: what every checkpoint holds (besides what the trainer adds)
 CHECKPOINT_KEYS = ("step", "epoch", "model", "optimizer", "metrics_bytes")
-
-
-def atomic_write(path: Path, write, previous: Optional[Path] = None) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, fsync it, rename it over ``path``
-    (:func:`workbench.files.write_atomic`, which removes the temp file on failure and keeps the
-    old version as ``previous`` when given), then fsync the folder so that the renames
-    themselves survive a crash."""
-    write_atomic(path, write, previous)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise WriteError.wrap(path.parent, e) from e
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -97,6 +85,43 @@ class RunFolder:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    # -- reading -------------------------------------------------------------------------------
+    def holds_run(self) -> bool:
+        """Has a run started here (its config written)?"""
+        return self.file(CONFIG).is_file()
+
+    def config(self) -> dict:
+        """``config.json`` as written (:class:`DamagedFileError` naming it if unreadable)."""
+        return read_json(self.file(CONFIG), "the run's config")
+
+    def rows(self) -> list[dict]:
+        """The rows of ``metrics.jsonl`` (none if absent); a line cut by a kill is skipped —
+        a resume writes it again."""
+        path, rows = self.file(METRICS), []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        return rows
+
+    def state(self, total: Optional[int] = None, rows: Optional[list] = None) -> dict:
+        """:func:`read_state` of this folder."""
+        return read_state(self.path, total, rows)
+
+    def record_error(self, text: str) -> None:
+        """Record why the run raised (:data:`ERROR`; its first line is what the state shows)."""
+        if self.writer:
+            write_atomic(self.file(ERROR), text.encode())
+
+    def clear_outcome(self) -> None:
+        """Forget how an earlier attempt ended (its recorded error and summary), before the run
+        is tried again; its config, metrics and checkpoints stay."""
+        if self.writer:
+            self.file(ERROR).unlink(missing_ok=True)
+            self.file(SUMMARY).unlink(missing_ok=True)
 
     # -- starting and resuming -----------------------------------------------------------------
     def check(self, config: dict, resume: bool, ignore=(),
@@ -169,7 +194,7 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.path)              # of a write that a kill interrupted
         if not self.file(CONFIG).exists():
-            atomic_write(self.file(CONFIG), _json_bytes(config))
+            write_atomic(self.file(CONFIG), _json_bytes(config))
         metrics = self.file(METRICS)
         keep = checkpoint["metrics_bytes"] if checkpoint is not None else 0
         try:
@@ -196,12 +221,12 @@ class RunFolder:
         except OSError as e:
             raise WriteError.wrap(self.file(METRICS), e) from e
         state = dict(state, metrics_bytes=self._metrics.tell())
-        atomic_write(self.file(CHECKPOINT), lambda f: torch.save(state, f),
+        write_atomic(self.file(CHECKPOINT), lambda f: torch.save(state, f),
                      previous=self.file(PREVIOUS_CHECKPOINT))
 
     def summary(self, summary: dict) -> None:
         if self.writer:
-            atomic_write(self.file(SUMMARY), _json_bytes(summary))
+            write_atomic(self.file(SUMMARY), _json_bytes(summary))
 
     def close(self) -> None:
         """Close ``metrics.jsonl``. Every line was flushed when it was appended, so only the
@@ -213,6 +238,29 @@ class RunFolder:
             except OSError:
                 pass
             self._metrics = None
+
+
+def read_state(folder, total: Optional[int] = None, rows: Optional[list] = None) -> dict:
+    """A run folder's state from its files: ``done`` (summary says completed), ``failed`` (a
+    non-finite stop, or the error a sweep recorded), ``started`` (config without summary:
+    running, killed or pre-empted) or ``pending`` (nothing yet); with the epochs done of
+    ``total`` and the error's first line. ``rows``: its metrics rows, when already read."""
+    folder = RunFolder(folder, writer=False)
+    rows = folder.rows() if rows is None else rows
+    epochs = sum(1 for r in rows if r.get("type") == "epoch")
+    out = {"epochs": epochs, "of": total, "error": None}
+    summary = folder.file(SUMMARY)
+    if summary.is_file():
+        s = read_json(summary, "the run's summary")
+        if s.get("status") == "completed":
+            return {**out, "state": "done", "test_top1_error": s.get("test_top1_error")}
+        return {**out, "state": "failed", "error": s.get("message") or s.get("status")}
+    if folder.file(ERROR).is_file():
+        text = folder.file(ERROR).read_text().strip().splitlines()
+        return {**out, "state": "failed", "error": text[0] if text else "unknown error"}
+    if folder.holds_run():
+        return {**out, "state": "started"}
+    return {**out, "state": "pending"}
 
 
 def hardware(device: torch.device, world: int) -> dict:

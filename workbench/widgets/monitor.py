@@ -1,13 +1,11 @@
 """Training curves of a run, live or from its run folder."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import ipywidgets as W
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..training.runfolder import METRICS, RunFolder
 from .common import MARGIN, finite
 
 __all__ = ["TrainingMonitor"]
@@ -43,13 +41,13 @@ class TrainingMonitor(W.VBox):
     @classmethod
     def from_run(cls, run_dir: str) -> "TrainingMonitor":
         """A monitor holding every row of ``run_dir/metrics.jsonl``."""
-        path = Path(run_dir) / "metrics.jsonl"
-        if not path.is_file():
-            raise ValueError(f"{path} does not exist: {run_dir} is not a training run folder")
+        folder = RunFolder(run_dir, writer=False)
+        if not folder.file(METRICS).is_file():
+            raise ValueError(f"{folder.file(METRICS)} does not exist: {run_dir} is not a "
+                             f"training run folder")
         monitor = cls()
-        for line in path.read_text().splitlines():
-            if line.strip():
-                monitor(json.loads(line))
+        for row in folder.rows():
+            monitor(row)
         return monitor
 
     def __call__(self, row: dict) -> None:

@@ -22,7 +22,7 @@ STATE_COLOR = {"done": "#2ca02c", "failed": "#d62728", "started": "#ff7f0e",
 def sweep_folders(root="runs") -> list[Path]:
     """Every sweep folder (one with a ``plan.json``) under ``root``, sorted."""
     root = Path(root)
-    return sorted(p.parent for p in root.rglob("plan.json")) if root.is_dir() else []
+    return sorted(p.parent for p in root.rglob(R.PLAN)) if root.is_dir() else []
 
 
 def _pct(v) -> str:
