@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import workbench
-from workbench.training import config
 from workbench import flags
 from workbench.engine.settings import EstimatorSettings
+from workbench.training import config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +108,72 @@ def test_gradcheck_and_bench_flags_come_from_the_same_settings():
             assert f.name in by_dest, (name, f.name)
             if "choices" in f.metadata:
                 assert tuple(by_dest[f.name].choices) == f.metadata["choices"], (name, f.name)
+
+
+# the packages of workbench and the ones each may import (README "Layout"): the engine knows
+# nothing of training, training nothing of experiments, data nothing of models; the tools at
+# the top (bench, gradcheck, widgets, cli) may use everything below them
+ALLOWED = {
+    "flags": set(), "files": set(),
+    "engine": {"flags"},
+    "data": {"files", "flags"},
+    "seeded": {"data", "engine"},
+    "training": {"engine", "data", "files", "flags"},
+    "experiments": {"training", "engine", "data", "files", "flags"},
+    "gradcheck": {"seeded", "engine", "data", "flags"},
+    "bench": {"seeded", "training", "engine", "data", "files", "flags"},
+    "widgets": {"experiments", "training", "seeded", "engine", "data", "files", "flags"},
+    "cli": set(),                   # it imports the commands by name, when one is run
+    "__main__": {"cli"}, "__init__": {"engine"},
+}
+
+
+def _imports_by_package() -> dict:
+    """``{package: {packages it imports}}`` from the syntax tree of every module (relative and
+    absolute imports, inside functions too)."""
+    out: dict = {}
+    for path in sorted((ROOT / "workbench").rglob("*.py")):
+        rel = path.relative_to(ROOT / "workbench")
+        me = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        here = ["workbench", *rel.parts[:-1]]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = here[:len(here) - node.level + 1]
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    mod = node.module or ""
+                targets = [f"{mod}.{a.name}" for a in node.names] if mod == "workbench" \
+                    else [mod]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for t in targets:
+                parts = t.split(".")
+                if parts[0] == "workbench" and len(parts) > 1 and parts[1] != me:
+                    out.setdefault(me, set()).add(parts[1])
+    return out
+
+
+def test_dependencies_point_down_from_package_to_package():
+    """Oracle: the syntax tree of every module against the table ALLOWED above — each package
+    imports only the ones below it (no cycle, no import upward), and every package is in the
+    table."""
+    graph = _imports_by_package()
+    packages = {p.stem if p.is_file() else p.name for p in (ROOT / "workbench").iterdir()
+                if (p.suffix == ".py" or (p / "__init__.py").is_file())}
+    assert packages <= set(ALLOWED), packages - set(ALLOWED)
+    bad = {me: sorted(used - ALLOWED[me]) for me, used in graph.items() if used - ALLOWED[me]}
+    assert not bad, bad
+
+
+def test_the_widgets_build_a_run_without_the_trainer():
+    """Oracle: sys.modules of a fresh interpreter — loading a run folder's model (the widgets'
+    load_run path: assembly, config, run folder) does not import the training loop."""
+    code = ("import sys\n"
+            "import workbench.widgets.lab, workbench.training.assembly\n"
+            "print('workbench.training.train' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.strip()
+    assert out == "False", out
