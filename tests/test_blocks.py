@@ -414,3 +414,88 @@ def test_dropout_anywhere_in_a_block_is_named():
         attn = Attention(8)
         attn.attn = nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True)
         models.from_blocks([Tokens(2, 8), attn, MeanHead(8, 3)])
+
+
+class _Counted(nn.Module):
+    """A linear block that counts its forward passes."""
+
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.lin, self.calls = nn.Linear(n_in, n_out), 0
+
+    def forward(self, h):
+        self.calls += 1
+        return self.lin(h)
+
+
+def test_a_block_runs_forward_once_per_value_of_its_input():
+    """Oracle: counting the block's forward calls. The drive, the top-down VJP and the weight
+    gradients at one state share one forward graph (docs/method.md §9: built once per value of
+    the input), so over K iterations a block runs forward at most K + 2 times — once for the
+    free phase and its graph, then once per new value of its input — not once per use."""
+    torch.manual_seed(0)
+    blocks = [_Counted(16, 8), _Counted(8, 8), _Counted(8, 3)]
+    net = models.from_blocks(blocks).to(torch.float64)
+    x, y = torch.randn(4, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    K = 6
+    ep.estimate(net, x, y, scheme="forward", beta=0.1, iterations=K)
+    calls = [b.calls for b in blocks]
+    assert all(c <= K + 2 for c in calls) and calls[-1] >= K, calls
+
+
+class _Constant(nn.Module):
+    """A block whose output ignores its input (a fixed buffer)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.register_buffer("value", torch.linspace(-1.0, 1.0, n))
+
+    def forward(self, h):
+        return self.value.expand(h.shape[0], -1)
+
+
+def test_a_block_whose_output_ignores_its_input_passes_no_signal_down():
+    """Oracle: autograd backprop — below a block whose output does not depend on its input,
+    BP's gradients are exactly zero; EP's are too (no nudge reaches those layers: the block's
+    VJP is zero, the map of a state it cannot move), and the layers above still learn."""
+    torch.manual_seed(0)
+    net = models.from_blocks([nn.Linear(6, 5), _Constant(5), nn.Linear(5, 3)]).to(torch.float64)
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    bp = ep.estimate(net, x, y, scheme="bp", accumulate=False).grads
+    est = ep.estimate(net, x, y, scheme="centered", beta=0.05, iterations=6,
+                      accumulate=False).grads
+    for name in ("layers.0.weight", "layers.0.bias"):
+        assert torch.count_nonzero(bp[name]) == 0 and torch.count_nonzero(est[name]) == 0, name
+    cos = torch.nn.functional.cosine_similarity(est["layers.2.weight"].flatten(),
+                                                bp["layers.2.weight"].flatten(), 0)
+    assert float(cos) > 0.999
+
+
+def test_a_dropout_block_itself_is_named_without_a_submodule():
+    """Oracle: the message written out here — a dropout that is the block itself is refused as
+    ``block k (Dropout) has dropout p=…``, with no submodule name in parentheses."""
+    with pytest.raises(ValueError, match=r"block 2 \(Dropout\) has dropout p=0\.3: dropout "):
+        models.from_blocks([nn.Linear(4, 4), nn.Dropout(0.3), nn.Linear(4, 2)])
+
+
+def test_a_blocks_deviation_is_none_while_its_input_has_none():
+    """Oracle: the engine's convention that None is an exactly zero deviation (docs/method.md
+    §6) — a block map reading a state that has not moved returns None without running
+    forward, and a moved state gives ``g(h⁰ + d) − g(h⁰)``."""
+    from workbench.equilibrate import Source
+    torch.manual_seed(0)
+    net = models.from_blocks([nn.Linear(6, 5), nn.Linear(5, 3)]).to(torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    free = free_phase(net, x, Precision.make("strict", torch.float64, x.device))
+    block_map, src = free.maps[1], Source(free.h[1])
+    assert block_map.delta(src, False) is None
+    d = torch.randn_like(free.h[1])
+    src.set(d)
+    want = torch.nn.functional.linear(free.h[1] + d, *_weights(net, 1)) - \
+        torch.nn.functional.linear(free.h[1], *_weights(net, 1))
+    assert torch.allclose(block_map.delta(src, False), want, rtol=1e-12, atol=1e-14)
+
+
+def _weights(net, k):
+    params = [p for n, p in net.named_parameters() if n.startswith(f"layers.{k}.")]
+    return params[0], params[1]

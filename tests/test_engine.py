@@ -480,3 +480,21 @@ def test_builtin_layer_defaults():
     assert models.ConvLayer(3, 4, relu=False).activation == "identity"
     net, _, _ = small("mlp-skip")
     assert "(0): SkipLayer(skip 0->2: dense 64->16)" in repr(net)
+
+
+def test_only_compiler_failures_turn_the_fused_kernels_off():
+    """Oracle: torch's own exception classes. The automatic fused path falls back to the eager
+    kernels on an error of torch.compile — dynamo's, inductor's, or its C++ / CUDA compiler's —
+    and on nothing else: an out-of-memory or a shape error is the user's to see."""
+    import torch._dynamo.exc as dynamo_exc
+    import torch._inductor.exc as inductor_exc
+    kinds = [(dynamo_exc, "TorchDynamoException"), (inductor_exc, "InductorError"),
+             (inductor_exc, "CppCompileError"), (inductor_exc, "CUDACompileError")]
+    found = [getattr(mod, name) for mod, name in kinds if hasattr(mod, name)]
+    assert dynamo_exc.TorchDynamoException in found and len(found) >= 3, found
+    for kind in found:
+        error = kind.__new__(kind)          # constructors differ; the class is what counts
+        assert ep._compile_error(error), kind
+    for error in (RuntimeError("boom"), torch.OutOfMemoryError("CUDA out of memory"),
+                  ValueError("shapes"), Exception()):
+        assert not ep._compile_error(error), error

@@ -374,3 +374,97 @@ def test_strict_mode_after_a_user_chose_the_matmul_precision_level():
         assert torch.backends.cuda.matmul.allow_tf32      # legacy view agrees, no mixing error
     finally:
         torch.set_float32_matmul_precision(level)
+
+
+# every elementwise piece, each pattern of absent (None) arguments it accepts — None stands for
+# an exactly zero deviation (kernels' docstring); "not all": at least one of them given
+_NONE_PATTERNS = {
+    "relu_error": (("d",), "any"), "relu_drive": (("d", "da"), "not all"),
+    "mod_pgd_update": (("da", "delta"), "not all"), "pgd_update": (("da", "delta"), "not all"),
+    "mod_pgd_step": (("d", "da", "delta"), "any"), "pgd_step": (("d", "da", "delta"), "not all"),
+    "linear_update": (("da", "delta"), "not all"), "linear_step": (("d", "da", "delta"), "not all"),
+}
+
+
+def _piece_args(name, a0, parts):
+    h0 = torch.relu(a0)
+    if name in ("relu_error", "relu_drive"):
+        return (parts["d"], a0, parts["da"])
+    if name in ("mod_pgd_update", "linear_update"):
+        return (a0, parts["da"], parts["delta"])
+    if name == "pgd_update":
+        return (a0, h0, parts["da"], parts["delta"])
+    if name in ("mod_pgd_step", "linear_step"):
+        return (a0, parts["d"], parts["da"], parts["delta"], 0.375)
+    return (a0, h0, parts["d"], parts["da"], parts["delta"], 0.375)        # pgd_step
+
+
+def test_each_elementwise_piece_reads_none_as_an_exact_zero():
+    """Oracle: the same piece called with explicit zero tensors. For every piece and every
+    accepted pattern of absent arguments — the shortcuts the engine takes when a deviation is
+    exactly zero — the result equals the one computed with zeros in their place, for eager
+    (flat indices) and pointwise (window codes) pooling alike."""
+    import itertools
+    g = torch.Generator().manual_seed(3)
+    a0 = torch.randn(2, 3, 4, 4, generator=g, dtype=F64)
+    full = {k: torch.randn(2, 3, 4, 4, generator=g, dtype=F64) for k in ("d", "da", "delta")}
+    for name, (optional, rule) in _NONE_PATTERNS.items():
+        fn = getattr(kernels, name)
+        for absent in itertools.chain.from_iterable(
+                itertools.combinations(optional, r) for r in range(len(optional) + 1)):
+            if rule == "not all" and len(absent) == len(optional):
+                continue
+            parts = {k: (None if k in absent else v) for k, v in full.items()}
+            zeros = {k: (torch.zeros_like(v) if k in absent else v) for k, v in full.items()}
+            got = fn(*_piece_args(name, a0, parts))
+            want = fn(*_piece_args(name, a0, zeros))
+            assert torch.equal(got, want), (name, absent)
+    zc = torch.randn(2, 3, 4, 6, generator=g, dtype=F64)
+    for pool in (kernels.pool_window, lambda z, dz: kernels.pool_indices(
+            z, torch.zeros_like(z) if dz is None else dz)):
+        m0, sel0 = pool(zc, None)
+        m1, sel1 = pool(zc, torch.zeros_like(zc))
+        assert torch.equal(m0, m1) and torch.equal(sel0, sel1)
+    code = kernels.pool_window(zc, None)[1]
+    d, da = full["d"][..., :2, :3], full["da"][..., :2, :3]
+    a = a0[..., :2, :3]
+    for scale in (None, torch.full((2, 1, 1, 1), 2.0, dtype=F64)):
+        for sel in (None, code):
+            got = kernels.drive_window(None, a, da, sel, F64, False, scale)
+            want = kernels.drive_window(torch.zeros_like(d), a, da, sel, F64, False, scale)
+            assert torch.equal(got, want), (scale is None, sel is None)
+            got = kernels.drive_window(d, a, None, sel, F64, False, scale)
+            want = kernels.drive_window(d, a, torch.zeros_like(da), sel, F64, False, scale)
+            assert torch.equal(got, want), (scale is None, sel is None)
+
+
+def test_each_elementwise_piece_computes_in_the_free_states_dtype():
+    """Oracle: the piece on inputs cast to the free state's dtype first (kernels' docstring:
+    every function takes its tensors in any dtype and computes in the dtype of ``a0`` /
+    ``zc``). The maps' outputs (δa, Δ, δz) given in float64 beside a float32 free state and
+    state deviation give float32 results, equal to the ones from float32 outputs."""
+    g = torch.Generator().manual_seed(4)
+    a0 = torch.randn(2, 3, 4, 4, generator=g)
+    wide = {k: torch.randn(2, 3, 4, 4, generator=g, dtype=F64) for k in ("da", "delta")}
+    wide["d"] = torch.randn(2, 3, 4, 4, generator=g)
+    narrow = {k: v.float() for k, v in wide.items()}
+    for name in _NONE_PATTERNS:
+        fn = getattr(kernels, name)
+        got, want = fn(*_piece_args(name, a0, wide)), fn(*_piece_args(name, a0, narrow))
+        assert got.dtype == torch.float32 and torch.equal(got, want), name
+    zc = torch.randn(2, 3, 4, 6, generator=g)
+    dz = torch.randn(2, 3, 4, 6, generator=g, dtype=F64)
+    for pool in (kernels.pool_window, kernels.pool_indices):
+        got, want = pool(zc, dz)[0], pool(zc, dz.float())[0]
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+
+
+def test_pointwise_pooling_keeps_every_tensor_on_the_input_device():
+    """Oracle: the input's device — the window codes, the window offsets and the unpooled map
+    are made where the maps live (here torch's ``meta`` device, which refuses a CPU operand),
+    so the compiled kernels never read a host tensor."""
+    zc = torch.zeros(2, 3, 4, 6, device="meta")
+    m, code = kernels.pool_window(zc, zc)
+    assert m.device.type == code.device.type == "meta" and code.dtype == torch.uint8
+    out = kernels.unpool_window(m, code)
+    assert out.device.type == "meta" and out.shape == (2, 3, 4, 6)

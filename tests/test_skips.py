@@ -171,3 +171,24 @@ def test_training_bench_and_explorers_run_with_skips(tmp_path):
     rows = ex.rows("centered")
     assert [r["layer"] for r in rows][-2:] == ["0→2", "1→4"]
     widgets.EnergyExplorer({"skip": skip_net}, data, batch_size=8, iterations=3)
+
+
+def test_a_strided_skips_transpose_and_gradients_are_autograds_on_any_map_shape():
+    """Oracle: autograd of the skip's own forward map ``S(h) = conv1x1(h, stride) + b`` — its
+    transposed map ``Sᵀ g`` and its gradients ``(Σ g ⊗ h, Σ g)`` equal the VJPs by autograd, on
+    source maps whose height and width differ and are odd or even (so the stride drops a
+    different remainder in each), with strides 1, 2 and 3."""
+    g = torch.Generator().manual_seed(0)
+    for (height, width), stride in (((7, 8), 2), ((8, 7), 2), ((9, 10), 3), ((5, 6), 1)):
+        skip = models.SkipLayer(1, 3, 4, 6, spatial=True, stride=stride,
+                                src_shape=(4, height, width)).double()
+        h = torch.randn(2, 4, height, width, generator=g, dtype=torch.float64,
+                        requires_grad=True)
+        out = skip.linear_with(h, skip.weight, skip.bias)
+        up = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        want_h, want_w, want_b = torch.autograd.grad(out, (h, skip.weight, skip.bias), up)
+        got_h = skip.transpose_with(up, skip.weight)
+        assert got_h.shape == h.shape and torch.allclose(got_h, want_h, rtol=1e-12), \
+            ((height, width), stride)
+        got_w, got_b = skip.grads_with(h.detach(), up, skip.weight)
+        assert torch.allclose(got_w, want_w, rtol=1e-12) and torch.allclose(got_b, want_b)

@@ -161,8 +161,9 @@ class SkipLayer(PCNLayer):
     def transpose_with(self, g, weight):
         if not self.spatial:
             return g @ weight
-        size = self.src_shape[-1]
-        pad = size - ((g.shape[-1] - 1) * self.stride + 1)
+        # the source's height and width, each rounded down by the stride: restore the remainder
+        pad = [size - ((n - 1) * self.stride + 1)
+               for size, n in zip(self.src_shape[-2:], g.shape[-2:])]
         return F.conv_transpose2d(g, weight, stride=self.stride, output_padding=pad)
 
     def grads_with(self, h, g, weight):
