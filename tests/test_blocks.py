@@ -482,7 +482,7 @@ def test_a_blocks_deviation_is_none_while_its_input_has_none():
     """Oracle: the engine's convention that None is an exactly zero deviation (docs/method.md
     §6) — a block map reading a state that has not moved returns None without running
     forward, and a moved state gives ``g(h⁰ + d) − g(h⁰)``."""
-    from workbench.equilibrate import Source
+    from workbench.engine.equilibrate import Source
     torch.manual_seed(0)
     net = models.from_blocks([nn.Linear(6, 5), nn.Linear(5, 3)]).to(torch.float64)
     x = torch.randn(4, 6, dtype=torch.float64)
