@@ -96,6 +96,31 @@ class EpochStats:
         self.steps += 1
 
 
+def batch_signs(cfg: TrainConfig, step: int, dist: distributed.Dist, n: int) -> torch.Tensor:
+    """The random scheme's ±1 per example at ``step``: drawn for the global batch from the
+    run's seed (one for all of it with ``signs="batch"``), this process's slice of ``n``."""
+    gen = torch.Generator().manual_seed(mix_seed(cfg.seed, "signs", step))
+    if cfg.estimator.signs == "batch":
+        signs = ep.random_signs(1, gen).expand(cfg.batch_size)
+    else:
+        signs = ep.random_signs(cfg.batch_size, gen)
+    per = cfg.batch_size // dist.world
+    return signs[dist.rank * per:dist.rank * per + n]
+
+
+def epoch_row(cfg: TrainConfig, epoch: int, step: int, acc: EpochStats, test: dict, lr: float,
+              test_seconds: float) -> dict:
+    """The ``metrics.jsonl`` row of an epoch: its mean training loss, the test pass, the
+    learning rate, the throughput (training steps only) and, for EP, where the phases ended."""
+    ep_mode = cfg.algorithm != "bp"
+    return {"type": "epoch", "epoch": epoch + 1, "step": step,
+            "train_loss": acc.loss / acc.steps, **test, "lr": lr,
+            "images_per_second": acc.steps * cfg.batch_size / max(acc.seconds, 1e-9),
+            "seconds": acc.seconds + test_seconds,
+            "final_energy": acc.energy / acc.steps if ep_mode else None,
+            "final_state_change": acc.change / acc.steps if ep_mode else None}
+
+
 def stop_message(folder: RunFolder, step: int, epoch: int, what: str, value: float) -> str:
     """Why a run stopped on a non-finite value, and what it leaves."""
     ckpt = folder.file(CHECKPOINT)
@@ -155,17 +180,6 @@ class Trainer:
         self.evaluation = Evaluation(cfg, test_set, dist, device, self.precision, pin)
         return self
 
-    def _signs(self, n: int) -> torch.Tensor:
-        """The random scheme's ±1 per example: drawn for the global batch (one for all of it
-        with ``signs="batch"``), sliced per rank."""
-        gen = torch.Generator().manual_seed(mix_seed(self.cfg.seed, "signs", self.step))
-        if self.cfg.estimator.signs == "batch":
-            signs = ep.random_signs(1, gen).expand(self.cfg.batch_size)
-        else:
-            signs = ep.random_signs(self.cfg.batch_size, gen)
-        per = self.cfg.batch_size // self.dist.world
-        return signs[self.dist.rank * per:self.dist.rank * per + n]
-
     # -- one step ------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
         """One optimizer step on a loader batch; returns (loss, final energy, state change)
@@ -189,7 +203,8 @@ class Trainer:
         if cfg.algorithm == "bp":
             est = ep.estimate(self.net, x, y, cfg.estimator, scheme="bp")
         else:
-            signs = self._signs(len(y)) if cfg.estimator.scheme == "random" else None
+            signs = batch_signs(cfg, self.step, self.dist, len(y)) \
+                if cfg.estimator.scheme == "random" else None
             est = ep.estimate(self.net, x, y, cfg.estimator, signs=signs, trace=False)
         phases = est.trace.phases
         stats = torch.tensor([est.loss,
@@ -315,14 +330,9 @@ class Trainer:
     def _end_epoch(self, epoch: int, test: dict, tick: float) -> None:
         """The epoch's row (metrics.jsonl), the best epoch so far, the progress line, and a
         checkpoint."""
-        cfg, acc, ep_mode = self.cfg, self.stats, self.cfg.algorithm != "bp"
-        row = {"type": "epoch", "epoch": epoch + 1, "step": self.step,
-               "train_loss": acc.loss / acc.steps, **test,
-               "lr": self.opt.param_groups[0]["lr"],
-               "images_per_second": acc.steps * cfg.batch_size / max(acc.seconds, 1e-9),
-               "seconds": acc.seconds + time.perf_counter() - tick,
-               "final_energy": acc.energy / acc.steps if ep_mode else None,
-               "final_state_change": acc.change / acc.steps if ep_mode else None}
+        cfg = self.cfg
+        row = epoch_row(cfg, epoch, self.step, self.stats, test, self.opt.param_groups[0]["lr"],
+                        time.perf_counter() - tick)
         self.last = row
         if not self.best or row["test_top1_error"] < self.best["test_top1_error"]:
             self.best = {"epoch": epoch + 1, "test_top1_error": row["test_top1_error"],
