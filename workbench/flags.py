@@ -14,7 +14,7 @@ import json
 import typing
 from typing import Any, Iterable, Optional
 
-__all__ = ["option", "add_flags", "given", "flag_name", "name_value"]
+__all__ = ["option", "add_flags", "given", "flag_name", "name_value", "FieldType", "field_types"]
 
 
 def option(default=dataclasses.MISSING, help: str = "", choices: Optional[Iterable] = None,
@@ -50,21 +50,37 @@ def name_value(text: str) -> tuple:
         return name, value
 
 
-def _base(hint):
-    """``Optional[X]`` → X; ``tuple[X, ...]`` → (X, True)."""
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    if typing.get_origin(hint) in (tuple, list):
-        return args[0], True
-    return hint, False
+@dataclasses.dataclass(frozen=True)
+class FieldType:
+    """A dataclass field's annotation, read once: ``Optional[X]`` → ``base`` X, ``optional``;
+    ``tuple[X, ...]`` / ``list[X]`` → ``base`` X, ``sequence``."""
+    base: Any
+    optional: bool = False
+    sequence: bool = False
+
+    @classmethod
+    def of(cls, hint) -> "FieldType":
+        optional = False
+        if typing.get_origin(hint) is typing.Union:
+            args = typing.get_args(hint)
+            optional = type(None) in args
+            hint = next(a for a in args if a is not type(None))
+        if typing.get_origin(hint) in (tuple, list):
+            return cls(typing.get_args(hint)[0], optional, True)
+        return cls(hint, optional)
+
+
+def field_types(cls) -> dict[str, FieldType]:
+    """``{field name: FieldType}`` of the dataclass ``cls`` — the one reader of its type hints
+    (the flags here, the config's checks, a sweep's coercion of values)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: FieldType.of(hints[f.name]) for f in dataclasses.fields(cls)}
 
 
 def _fields(cls):
-    hints = typing.get_type_hints(cls)
+    types = field_types(cls)
     for f in dataclasses.fields(cls):
-        yield f, hints[f.name]
+        yield f, types[f.name]
 
 
 def add_flags(parser, defaults, *, skip: Iterable[str] = (), suppress: bool = False,
@@ -74,7 +90,7 @@ def add_flags(parser, defaults, *, skip: Iterable[str] = (), suppress: bool = Fa
     caller can tell the flags given from the ones left out; the help still shows the default).
     ``skip``: field names that get no flag; ``choices``: overrides of a field's choices."""
     skip, choices = set(skip), choices or {}
-    for f, hint in _fields(type(defaults)):
+    for f, ftype in _fields(type(defaults)):
         if f.name in skip:
             continue
         value = getattr(defaults, f.name)
@@ -86,7 +102,7 @@ def add_flags(parser, defaults, *, skip: Iterable[str] = (), suppress: bool = Fa
                               "default": argparse.SUPPRESS if suppress else value}
         shown = value if not isinstance(value, tuple) else " ".join(map(str, value))
         kw["help"] = f"{help_text} (default: {shown})".strip()
-        base, many = _base(hint)
+        base, many = ftype.base, ftype.sequence
         if f.metadata.get("kind") == "name_value":
             kw.update(action="append", type=name_value, metavar="NAME=VALUE")
             if not suppress:
@@ -108,11 +124,11 @@ def given(args: argparse.Namespace, cls, *, skip: Iterable[str] = ()) -> dict:
     only where some field was given; ``name_value`` lists as dicts; tuples for lists)."""
     out: dict = {}
     skip = set(skip)
-    for f, hint in _fields(cls):
+    for f, ftype in _fields(cls):
         if f.name in skip:
             continue
         nested = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        sub = _base(hint)[0]
+        sub = ftype.base
         if dataclasses.is_dataclass(sub) or (nested is not None
                                              and dataclasses.is_dataclass(nested())):
             inner = given(args, sub if dataclasses.is_dataclass(sub) else type(nested()),

@@ -55,7 +55,6 @@ import subprocess
 import sys
 import time
 import traceback
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -64,6 +63,7 @@ import yaml
 
 from ..engine.settings import EstimatorSettings
 from ..files import read_json, write_atomic
+from ..flags import field_types
 from ..training.config import RESUMABLE, TrainConfig, saved_config
 from ..training.distributed import process_rank
 from ..training.runfolder import CONFIG, RunFolder, config_diff, flat_config, read_state
@@ -163,8 +163,8 @@ def point_name(overrides: dict) -> str:
 def _coerce(name: str, value):
     """Numbers written as text (``"1e-4"`` in quotes) for float fields become floats; ints for
     float fields become floats, so a point's config reads the same however it was written."""
-    hint = str(_hints().get(name, ""))
-    if "float" in hint and not isinstance(value, bool):
+    ftype = _types().get(name)
+    if ftype is not None and ftype.base is float and not isinstance(value, bool):
         if isinstance(value, str):
             try:
                 return float(value)
@@ -176,8 +176,8 @@ def _coerce(name: str, value):
 
 
 @functools.cache
-def _hints() -> dict:
-    return {**typing.get_type_hints(TrainConfig), **typing.get_type_hints(EstimatorSettings)}
+def _types() -> dict:
+    return {**field_types(TrainConfig), **field_types(EstimatorSettings)}
 
 
 def _check_fields(mapping, where: str, file: str) -> dict:

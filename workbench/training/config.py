@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import math
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -163,10 +162,9 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the field, the value and what is accepted."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            if f.name != "estimator":
-                _check_type(f.name, getattr(self, f.name), hints[f.name])
+        for name, ftype in flags.field_types(type(self)).items():
+            if name != "estimator":
+                _check_type(name, getattr(self, name), ftype)
         if not isinstance(self.estimator, EstimatorSettings):
             raise ValueError(f"estimator must be EstimatorSettings or a dict of its fields, got "
                              f"{self.estimator!r}")
@@ -209,10 +207,8 @@ class TrainConfig:
         return self
 
 
-def _check_type(name: str, value, hint) -> None:
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if args else hint
+def _check_type(name: str, value, ftype: flags.FieldType) -> None:
+    base, optional = ftype.base, ftype.optional
     if value is None and optional:
         return
     ok = {int: isinstance(value, int) and not isinstance(value, bool),
