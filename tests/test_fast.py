@@ -508,3 +508,16 @@ def test_layer_maps_compute_in_their_precisions_dtypes():
     skip = models.SkipLayer(0, 2, 48, 5, spatial=False)
     for layer in (dense, conv, skip):
         assert layer.operand(t, torch.float32).dtype == torch.float32, layer.kind
+
+
+def test_the_relu_drive_at_a_unit_exactly_on_its_kink_is_autograds():
+    """Oracle: autograd of torch.relu, whose derivative at 0 is 0 — a unit whose new
+    pre-activation a⁰ + δa is exactly 0 passes no drive, one just above passes its error."""
+    a0 = torch.tensor([[-1.0, 0.0, 1.0, 2.0]], dtype=F64)
+    da = torch.tensor([[1.0, 0.0, -1.0, -1.5]], dtype=F64)
+    d = torch.tensor([[0.5, -0.25, 0.75, 1.0]], dtype=F64)
+    a = (a0 + da).requires_grad_()
+    slope, = torch.autograd.grad(torch.relu(a).sum(), a)
+    eps = d - (torch.relu(a0 + da) - torch.relu(a0))
+    assert torch.equal(kernels.relu_drive(d, a0, da), slope * eps)
+    assert torch.equal(slope, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=F64))
