@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench import ep
+from workbench import energy, ep
 from workbench import precision as eq
 from workbench import kernels, models
 from workbench.equilibrate import NudgedPhase, free_phase
@@ -521,3 +521,18 @@ def test_the_relu_drive_at_a_unit_exactly_on_its_kink_is_autograds():
     eps = d - (torch.relu(a0 + da) - torch.relu(a0))
     assert torch.equal(kernels.relu_drive(d, a0, da), slope * eps)
     assert torch.equal(slope, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=F64))
+
+
+@pytest.mark.parametrize("name", ["mlp", "vgg5"])
+def test_the_phases_energies_are_the_plain_forms(name):
+    """Oracle: workbench.energy.layer_energies — the per-layer energy ½‖ε_k‖² (batch mean) that
+    a nudged phase reports, from deviations only, equals the plain form evaluated at its states
+    h⁰ + d after a few iterations."""
+    net, x, y = small(name)
+    phase, free = make_phase(net, x, y, 0.1, Precision.make("strict", F64, x.device))
+    for _ in range(3):
+        phase.step()
+    states = [h if phase.deviation(k) is None else h + phase.deviation(k)
+              for k, h in enumerate(free.h)]
+    want = energy.layer_energies(net, states).mean(0)
+    assert torch.allclose(phase.energies(), want, rtol=1e-10, atol=1e-14)
