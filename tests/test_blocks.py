@@ -499,3 +499,19 @@ def test_a_blocks_deviation_is_none_while_its_input_has_none():
 def _weights(net, k):
     params = [p for n, p in net.named_parameters() if n.startswith(f"layers.{k}.")]
     return params[0], params[1]
+
+
+def test_compare_gives_a_layer_without_parameters_an_empty_row():
+    """Oracle: the definitions in ep.compare's docstring — a layer with no trainable
+    parameters (here a block whose output ignores its input) compares as norms 0 and NaN
+    cosine and relative error, the other layers as usual."""
+    torch.manual_seed(0)
+    net = models.from_blocks([nn.Linear(6, 5), _Constant(5), nn.Linear(5, 3)]).to(torch.float64)
+    x, y = torch.randn(4, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    bp = ep.estimate(net, x, y, scheme="bp", accumulate=False).grads
+    rows = ep.compare(net, bp, bp)
+    assert [r["layer"] for r in rows] == [1, 2, 3]
+    empty = rows[1]
+    assert empty["norm"] == 0.0 == empty["ref_norm"]
+    assert math.isnan(empty["cosine"]) and math.isnan(empty["rel_error"])
+    assert rows[2]["cosine"] == pytest.approx(1.0) and rows[2]["rel_error"] == 0.0

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.engine import ep
+from workbench.engine import energy, ep, kernels, models
 from workbench.engine import precision as eq
-from workbench.engine import kernels
 from workbench.engine.equilibrate import NudgedPhase, free_phase
 from workbench.engine.layers import LayerMap
 from workbench.engine.precision import Precision
@@ -468,3 +467,71 @@ def test_pointwise_pooling_keeps_every_tensor_on_the_input_device():
     assert m.device.type == code.device.type == "meta" and code.dtype == torch.uint8
     out = kernels.unpool_window(m, code)
     assert out.device.type == "meta" and out.shape == (2, 3, 4, 6)
+
+
+def test_layer_maps_compute_in_their_precisions_dtypes():
+    """Oracle: the maps written out with torch's functional ops in the dtypes of fast precision
+    (docs/method.md §7) — a conv map's nudged-phase work in bfloat16 (weights and operand
+    rounded to bf16), a dense map's in float32, the free phase with float32 weights; results
+    widened to the float32 state, or left in the compute dtype with ``keep``. And a layer's
+    operand is cast to the dtype it is asked for."""
+    from workbench.engine.equilibrate import Source
+    torch.manual_seed(0)
+    conv, dense = models.ConvLayer(3, 4), models.DenseLayer(12, 5)
+    fast = Precision.make("fast", torch.float32, torch.device("cpu"))
+    assert (fast.conv, fast.dense, fast.state) == (torch.bfloat16, torch.float32, torch.float32)
+    cm, dm = conv.map(fast, "c"), dense.map(fast, "d")
+    w, b = conv.weight.detach(), conv.bias.detach()
+    h, d = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6)
+    src = Source(h)
+    assert cm.delta(src, False) is None
+    src.set(d)
+    want = F.conv2d(d.bfloat16(), w.bfloat16(), None, padding=1)
+    for keep, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        got = cm.delta(src, keep)
+        assert got.dtype == dtype and torch.equal(got, want.to(dtype)), keep
+    assert torch.equal(cm.free(h), F.conv2d(h, w, b, padding=1))
+    g = torch.randn(2, 4, 6, 6)
+    want = F.conv_transpose2d(g.bfloat16(), w.bfloat16(), padding=1)
+    for keep, dtype in ((False, torch.float32), (True, torch.bfloat16)):
+        got = cm.vjp(g, src, keep)
+        assert got.dtype == dtype and torch.equal(got, want.to(dtype)), keep
+    gw, gb = cm.param_grads(h, g)
+    assert gw.dtype == gb.dtype == torch.float32
+    wd = dense.weight.detach()
+    dsrc = Source(torch.randn(2, 12))
+    dsrc.set(torch.randn(2, 12))
+    assert torch.equal(dm.delta(dsrc, False), F.linear(dsrc.d, wd))
+    assert torch.equal(dm.vjp(torch.ones(2, 5), dsrc, False), torch.ones(2, 5) @ wd)
+    t = torch.randn(2, 3, 4, 4, dtype=F64)
+    skip = models.SkipLayer(0, 2, 48, 5, spatial=False)
+    for layer in (dense, conv, skip):
+        assert layer.operand(t, torch.float32).dtype == torch.float32, layer.kind
+
+
+def test_the_relu_drive_at_a_unit_exactly_on_its_kink_is_autograds():
+    """Oracle: autograd of torch.relu, whose derivative at 0 is 0 — a unit whose new
+    pre-activation a⁰ + δa is exactly 0 passes no drive, one just above passes its error."""
+    a0 = torch.tensor([[-1.0, 0.0, 1.0, 2.0]], dtype=F64)
+    da = torch.tensor([[1.0, 0.0, -1.0, -1.5]], dtype=F64)
+    d = torch.tensor([[0.5, -0.25, 0.75, 1.0]], dtype=F64)
+    a = (a0 + da).requires_grad_()
+    slope, = torch.autograd.grad(torch.relu(a).sum(), a)
+    eps = d - (torch.relu(a0 + da) - torch.relu(a0))
+    assert torch.equal(kernels.relu_drive(d, a0, da), slope * eps)
+    assert torch.equal(slope, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=F64))
+
+
+@pytest.mark.parametrize("name", ["mlp", "vgg5"])
+def test_the_phases_energies_are_the_plain_forms(name):
+    """Oracle: workbench.engine.energy.layer_energies — the per-layer energy ½‖ε_k‖² (batch mean) that
+    a nudged phase reports, from deviations only, equals the plain form evaluated at its states
+    h⁰ + d after a few iterations."""
+    net, x, y = small(name)
+    phase, free = make_phase(net, x, y, 0.1, Precision.make("strict", F64, x.device))
+    for _ in range(3):
+        phase.step()
+    states = [h if phase.deviation(k) is None else h + phase.deviation(k)
+              for k, h in enumerate(free.h)]
+    want = energy.layer_energies(net, states).mean(0)
+    assert torch.allclose(phase.energies(), want, rtol=1e-10, atol=1e-14)

@@ -159,3 +159,48 @@ def test_il_with_mse_is_clamping_at_beta_one_bit_for_bit():
                             update="pgd", iterations=5, step_size=0.3, cost="mse", order=order,
                             accumulate=False).grads
         assert all(torch.equal(il[n], clamp[n]) for n in il), order
+
+
+def test_the_state_optimizer_rule_reads_none_as_zero_and_steps_the_states_gradient():
+    """Oracle: the step written out here — the state's gradient ``g = ε − Δ`` with
+    ``ε = d − (f(a⁰ + δa) − f(a⁰))`` (f = relu, or the identity for a linear layer), one
+    StateMoments step ``u`` and ``h ← f_proj(h − α u)`` — for both optimizers and both kinds of
+    layer, over three steps (memory included); an absent (None) argument is an exact zero, and
+    maps' outputs given in float64 are read in the state's float32."""
+    import itertools
+    from workbench.engine.equilibrate import StateMoments, StateOptimizerRule
+    g = torch.Generator().manual_seed(5)
+    a0 = torch.randn(3, 4, generator=g)
+    h0 = torch.relu(a0)
+    steps = [{k: torch.randn(3, 4, generator=g, dtype=torch.float64) for k in ("da", "delta")}
+             for _ in range(3)]
+    d0 = torch.randn(3, 4, generator=g)
+    for kind, relu in itertools.product(("momentum", "adam"), (True, False)):
+        for absent in itertools.product((False, True), repeat=3):
+            rule = StateOptimizerRule(kind, relu, 0.25, 0.5)
+            ref = StateMoments(kind, 0.5)
+            base = h0 if relu else a0
+            d = None if absent[0] else d0
+            for t, step in enumerate(steps, 1):
+                da = None if absent[1] else step["da"]
+                delta = None if absent[2] else step["delta"]
+                got = rule(None, a0, base, d, da, delta)
+                f = torch.relu if relu else (lambda z: z)
+                zd = torch.zeros_like(a0) if d is None else d
+                zda = torch.zeros_like(a0) if da is None else da.float()
+                zdelta = torch.zeros_like(a0) if delta is None else delta.float()
+                grad = zd - (f(a0 + zda) - f(a0)) - zdelta
+                s = zd - 0.25 * ref.direction(grad, t)
+                want = (torch.relu(h0 + s) - h0) if relu else s
+                if got is None:           # nothing moved and no memory yet: the state stays
+                    assert not grad.any() and d is None
+                    ref = StateMoments(kind, 0.5)
+                    continue
+                assert got.dtype == torch.float32
+                assert torch.allclose(got, want, rtol=1e-6, atol=1e-7), (kind, relu, absent, t)
+                d = got
+            if ref.m is not None:        # a state with memory that nothing drives still moves
+                got = rule(None, a0, base, None, None, None)
+                s = -0.25 * ref.direction(torch.zeros_like(a0), 4)
+                want = (torch.relu(h0 + s) - h0) if relu else s
+                assert torch.allclose(got, want, rtol=1e-6, atol=1e-7), (kind, relu, absent)
