@@ -125,9 +125,11 @@ def test_a_requeued_and_a_signalled_point_resume_to_the_uninterrupted_metrics(cl
     one task `scontrol requeue`d and one sent SIGUSR2 (the signal `--signal=USR2@…` delivers
     before a time limit; submitit checkpoints and requeues the task) once each has written a
     checkpoint: both resume from their run folders and end with the uninterrupted metrics."""
-    # a run long enough (~10 s: many iterations) that the interruption lands mid-run
-    spec = {"name": "pre", "base": _base(data, epochs=6, checkpoint_every=4, probe_every=0,
-                                          iterations=200),
+    # a run long enough (~10 s after its first checkpoint: 32 slow steps of 2,000 iterations)
+    # that the interruption lands mid-run even on a fast machine: a requeue's SIGTERM is
+    # followed by SIGKILL only KillWait (2 s) and slurmd's own polling later
+    spec = {"name": "pre", "base": _base(data, epochs=2, checkpoint_every=4, probe_every=0,
+                                          iterations=2000),
             "grid": {"beta": [0.05, 0.2]}}
     f = _write(tmp_path / "pre.yaml", spec)
     s = sw.load(f, out=tmp_path / "out")
@@ -140,6 +142,8 @@ def test_a_requeued_and_a_signalled_point_resume_to_the_uninterrupted_metrics(cl
             subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True)
         else:
             subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True)
+        assert not (p.folder / "summary.json").exists(), \
+            f"{p.name} ended before its {how} landed: the test needs a slower run"
     for job in jobs:
         _start_now(job.job_id)
     sw.wait_for_slurm([j.job_id for j in jobs])

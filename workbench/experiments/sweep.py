@@ -77,7 +77,7 @@ KEYS = ("name", "paper", "description", "base", "grid", "points", "seeds", "slur
 #: fields a sweep manages itself (each point's folder, and whether it resumes)
 MANAGED = ("run_dir", "resume")
 LOG_FILE, SWEEP_FILE = "sweep.log", "sweep.yaml"
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_train.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "03_train.ipynb"
 
 
 class SweepError(ValueError):
