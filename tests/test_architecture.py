@@ -177,3 +177,19 @@ def test_the_widgets_build_a_run_without_the_trainer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout.strip()
     assert out == "False", out
+
+
+#: about 200 lines of class body at most (a longer class is two responsibilities)
+LONGEST_CLASS = 215
+
+
+def test_no_class_is_longer_than_about_200_lines():
+    """Oracle: each class's extent in the module's syntax tree."""
+    long = []
+    for path in sorted((ROOT / "workbench").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST_CLASS:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name} ({lines} lines)")
+    assert not long, f"classes over {LONGEST_CLASS} lines: {long}"

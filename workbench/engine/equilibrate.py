@@ -48,7 +48,7 @@ from .precision import Precision, ieee_fp32
 from .recording import PhaseTrace, run_phase
 from .settings import ORDERS, UPDATES
 
-__all__ = ["UPDATES", "ORDERS", "FreeState", "Source", "free_phase", "NudgedPhase",
+__all__ = ["UPDATES", "ORDERS", "FreeState", "Source", "free_phase", "PhaseState", "NudgedPhase",
            "hidden_rule", "Precision", "ieee_fp32"]
 
 Opt = Optional[torch.Tensor]
@@ -236,35 +236,27 @@ class StateOptimizerRule:
         return kernels.relu_shift(h0, s) if self.relu else s
 
 
-class NudgedPhase:
-    """The state of one nudged phase from the free state, its update rules and one iteration
-    (:meth:`step`); :meth:`run` records it (:func:`workbench.engine.recording.run_phase`) and
-    :meth:`param_grads` gives ``∂F/∂θ`` at its end.
+class PhaseState:
+    """The state of one phase away from the free state, in deviation form: the sources
+    (:class:`Source`, ``d_k`` per layer), the pre-activation deviations and pooling choices
+    cached at each layer's current inputs, and what is read from them — the errors ``ε_k``, the
+    drives, the top-down terms ``Δ_k``, the energies, the costs and ``∂F/∂θ``
+    (:meth:`param_grads`). How the state moves is :class:`NudgedPhase`.
 
     Args:
         net: a :class:`workbench.engine.models.PCN`.
         free: the free state (it holds the edge maps); ``y``: labels ``(N,)``.
-        beta: ``(N, 1)`` signed β per example. ``cost_name``: ``ce`` | ``mse``.
-        update: ``mod_pgd`` | ``pgd``; ``order``: ``async`` | ``sync``.
-        fused: run the elementwise work of each update as ``torch.compile``-d kernels.
-        perturbation: ``nudge`` | ``clamp``; ``step_size``: α (1: the closed forms).
-        output_energy: with clamping, the output layer's energy term — ``squared`` (½‖ε_L‖²,
-            the default) or ``ce`` (the cross-entropy of its prediction, IL's PC-CE:
-            ``ε_L = onehot(y) − softmax(a_L)``). ``state_optimizer``: ``gd`` (the update rules)
-            or ``momentum`` / ``adam`` (:class:`StateOptimizerRule`, with ``state_momentum``).
-        prediction_cost: report the cost at the output's prediction ``a_L`` rather than at its
-            (clamped) state (IL).
+        cost_name: ``ce`` | ``mse``. ``fused``: run the elementwise work as
+            ``torch.compile``-d kernels. ``output_energy``, ``prediction_cost``: as
+            :class:`NudgedPhase` reads them.
     """
 
-    def __init__(self, net, free: FreeState, y: torch.Tensor, beta: torch.Tensor,
-                 cost_name: str, update: str = "mod_pgd", order: str = "async",
-                 fused: bool = False, perturbation: str = "nudge", step_size: float = 1.0,
-                 output_energy: str = "squared", state_optimizer: str = "gd",
-                 state_momentum: float = 0.9, prediction_cost: bool = False):
+    def __init__(self, net, free: FreeState, y: torch.Tensor, cost_name: str,
+                 fused: bool = False, output_energy: str = "squared",
+                 prediction_cost: bool = False):
         self.net, self.free, self.maps, self.y = net, free, free.maps, y
         self.output_energy, self.prediction_cost = output_energy, prediction_cost
-        self.beta, self.cost_name, self.update, self.order = beta, cost_name, update, order
-        self.perturbation, self.step_size = perturbation, float(step_size)
+        self.cost_name = cost_name
         self.wiring = net.wiring
         self.nodes, self.edges = self.wiring.nodes, self.wiring.edges
         self.L = L = self.wiring.L
@@ -281,27 +273,6 @@ class NudgedPhase:
             self._free_sel = list(free.idx)
         self._sel: list[Opt] = list(self._free_sel)
         self._fresh = [True] * (L + 1)             # is the cache valid for layer k's inputs?
-        if state_optimizer == "gd":
-            self.rules = [None] + [hidden_rule(self.nodes[k].activation, update, self.step_size)
-                                   for k in range(1, L)]
-        else:
-            self.rules = [None] + [StateOptimizerRule(state_optimizer, self.nodes[k].relu,
-                                                      self.step_size, state_momentum)
-                                   for k in range(1, L)]
-        top = [k for k in range(1, L + 1) if k % 2 == L % 2]
-        rest = [k for k in range(1, L + 1) if k % 2 != L % 2]
-        self.sweeps = [top, rest] if order == "async" else [list(range(1, L + 1))]
-        if perturbation == "clamp":
-            # Eq. 8: h_L = (1 − β) h⁰_L + β onehot(y), held; the hidden layers equilibrate
-            h_out = free.h[L]
-            target = F.one_hot(y, h_out.shape[1]).to(h_out.dtype)
-            self.src[L].set(beta * (target - h_out))
-            self.sweeps = [[k for k in sweep if k != L] for sweep in self.sweeps]
-
-    @property
-    def held(self) -> set:
-        """Layers that no update moves (the clamped output)."""
-        return {self.L} if self.perturbation == "clamp" else set()
 
     def deviation(self, k: int) -> Opt:
         """``d_k = h_k − h⁰_k`` (None when exactly zero)."""
@@ -413,7 +384,7 @@ class NudgedPhase:
             g = F.max_unpool2d(g, self._sel[k], 2, 2, output_size=free.zc[k].shape[-2:])
         return g if scale is None else g * scale.view(-1, *([1] * (g.dim() - 1)))
 
-    # -- one update ----------------------------------------------------------------------------
+    # -- the top-down term -----------------------------------------------------------------------
     def top_down(self, k: int, cache: Optional[dict] = None) -> Opt:
         """``Δ_k``: the VJPs of everything that reads ``h_k`` — layer k+1 and the skips from k —
         applied to their drives (None when all are zero)."""
@@ -423,51 +394,6 @@ class NudgedPhase:
             if g is not None:
                 parts.append(self.maps[i].vjp(g, self.src[k], self._keep))
         return self._sum(parts)
-
-    def updates(self, layers) -> list:
-        """``[(k, new d_k)]`` for ``layers``, all from the current state (one half-sweep)."""
-        cache: dict = {}
-        return [(k, self._new_deviation(k, cache)) for k in layers]
-
-    def _new_deviation(self, k: int, cache: dict) -> Opt:
-        if k == self.L:
-            return self._output_deviation()
-        free = self.free
-        delta = self.top_down(k, cache)
-        return self.rules[k](self._ew, free.a[k], free.h[k], self.src[k].d, self.da(k), delta)
-
-    def _output_deviation(self) -> torch.Tensor:
-        """``h_L ← a_L − β ∂C/∂h_L`` (with step size α: ``(1 − α) h_L + α (…)``)."""
-        L, alpha = self.L, self.step_size
-        nudge = self.beta * cost_grad(self.cost_name, self.state(L), self.y)
-        da = self.da(L)
-        target = -nudge if da is None else da.to(nudge.dtype) - nudge
-        if alpha == 1.0:
-            return target
-        d = self.src[L].d
-        return alpha * target if d is None else (1 - alpha) * d + alpha * target
-
-    def step(self, measure: bool = True) -> Opt:
-        """One iteration (both half-sweeps for ``async``).
-
-        Returns the largest change of any unit per layer, shape ``(L,)``, when ``measure`` (a
-        device tensor: no host sync), else None.
-        """
-        change = self.free.h[-1].new_zeros(self.L) if measure else None
-        for sweep in self.sweeps:
-            for k, d_new in self.updates(sweep):
-                old = self.src[k].d
-                if measure and (d_new is not None or old is not None):
-                    diff = d_new if old is None else (-old if d_new is None else d_new - old)
-                    change[k - 1] = diff.abs().amax()
-                self._set(k, d_new)
-        return change
-
-    def run(self, iterations: int, tol: Optional[float] = None, record: bool = True,
-            signs: Optional[torch.Tensor] = None, diagnostics: bool = False) -> PhaseTrace:
-        """:func:`workbench.engine.recording.run_phase` on this phase."""
-        return run_phase(self, iterations, tol=tol, record=record, signs=signs,
-                         diagnostics=diagnostics)
 
     # -- observables ---------------------------------------------------------------------------
     def energies(self) -> torch.Tensor:
@@ -515,3 +441,101 @@ class NudgedPhase:
             for i in self.nodes[k].into:
                 out.update(self.maps[i].grads(g, self.src[self.edges[i].src]))
         return out
+
+
+class NudgedPhase(PhaseState):
+    """One nudged phase: a :class:`PhaseState` with its update rules and one iteration
+    (:meth:`step`); :meth:`run` records it (:func:`workbench.engine.recording.run_phase`) and
+    :meth:`param_grads` gives ``∂F/∂θ`` at its end.
+
+    Args:
+        net: a :class:`workbench.engine.models.PCN`.
+        free: the free state (it holds the edge maps); ``y``: labels ``(N,)``.
+        beta: ``(N, 1)`` signed β per example. ``cost_name``: ``ce`` | ``mse``.
+        update: ``mod_pgd`` | ``pgd``; ``order``: ``async`` | ``sync``.
+        fused: run the elementwise work of each update as ``torch.compile``-d kernels.
+        perturbation: ``nudge`` | ``clamp``; ``step_size``: α (1: the closed forms).
+        output_energy: with clamping, the output layer's energy term — ``squared`` (½‖ε_L‖²,
+            the default) or ``ce`` (the cross-entropy of its prediction, IL's PC-CE:
+            ``ε_L = onehot(y) − softmax(a_L)``). ``state_optimizer``: ``gd`` (the update rules)
+            or ``momentum`` / ``adam`` (:class:`StateOptimizerRule`, with ``state_momentum``).
+        prediction_cost: report the cost at the output's prediction ``a_L`` rather than at its
+            (clamped) state (IL).
+    """
+
+    def __init__(self, net, free: FreeState, y: torch.Tensor, beta: torch.Tensor,
+                 cost_name: str, update: str = "mod_pgd", order: str = "async",
+                 fused: bool = False, perturbation: str = "nudge", step_size: float = 1.0,
+                 output_energy: str = "squared", state_optimizer: str = "gd",
+                 state_momentum: float = 0.9, prediction_cost: bool = False):
+        super().__init__(net, free, y, cost_name, fused, output_energy, prediction_cost)
+        self.beta, self.update, self.order = beta, update, order
+        self.perturbation, self.step_size = perturbation, float(step_size)
+        L = self.L
+        if state_optimizer == "gd":
+            self.rules = [None] + [hidden_rule(self.nodes[k].activation, update, self.step_size)
+                                   for k in range(1, L)]
+        else:
+            self.rules = [None] + [StateOptimizerRule(state_optimizer, self.nodes[k].relu,
+                                                      self.step_size, state_momentum)
+                                   for k in range(1, L)]
+        top = [k for k in range(1, L + 1) if k % 2 == L % 2]
+        rest = [k for k in range(1, L + 1) if k % 2 != L % 2]
+        self.sweeps = [top, rest] if order == "async" else [list(range(1, L + 1))]
+        if perturbation == "clamp":
+            # Eq. 8: h_L = (1 − β) h⁰_L + β onehot(y), held; the hidden layers equilibrate
+            h_out = free.h[L]
+            target = F.one_hot(y, h_out.shape[1]).to(h_out.dtype)
+            self.src[L].set(beta * (target - h_out))
+            self.sweeps = [[k for k in sweep if k != L] for sweep in self.sweeps]
+
+    @property
+    def held(self) -> set:
+        """Layers that no update moves (the clamped output)."""
+        return {self.L} if self.perturbation == "clamp" else set()
+
+    # -- one update ----------------------------------------------------------------------------
+    def updates(self, layers) -> list:
+        """``[(k, new d_k)]`` for ``layers``, all from the current state (one half-sweep)."""
+        cache: dict = {}
+        return [(k, self._new_deviation(k, cache)) for k in layers]
+
+    def _new_deviation(self, k: int, cache: dict) -> Opt:
+        if k == self.L:
+            return self._output_deviation()
+        free = self.free
+        delta = self.top_down(k, cache)
+        return self.rules[k](self._ew, free.a[k], free.h[k], self.src[k].d, self.da(k), delta)
+
+    def _output_deviation(self) -> torch.Tensor:
+        """``h_L ← a_L − β ∂C/∂h_L`` (with step size α: ``(1 − α) h_L + α (…)``)."""
+        L, alpha = self.L, self.step_size
+        nudge = self.beta * cost_grad(self.cost_name, self.state(L), self.y)
+        da = self.da(L)
+        target = -nudge if da is None else da.to(nudge.dtype) - nudge
+        if alpha == 1.0:
+            return target
+        d = self.src[L].d
+        return alpha * target if d is None else (1 - alpha) * d + alpha * target
+
+    def step(self, measure: bool = True) -> Opt:
+        """One iteration (both half-sweeps for ``async``).
+
+        Returns the largest change of any unit per layer, shape ``(L,)``, when ``measure`` (a
+        device tensor: no host sync), else None.
+        """
+        change = self.free.h[-1].new_zeros(self.L) if measure else None
+        for sweep in self.sweeps:
+            for k, d_new in self.updates(sweep):
+                old = self.src[k].d
+                if measure and (d_new is not None or old is not None):
+                    diff = d_new if old is None else (-old if d_new is None else d_new - old)
+                    change[k - 1] = diff.abs().amax()
+                self._set(k, d_new)
+        return change
+
+    def run(self, iterations: int, tol: Optional[float] = None, record: bool = True,
+            signs: Optional[torch.Tensor] = None, diagnostics: bool = False) -> PhaseTrace:
+        """:func:`workbench.engine.recording.run_phase` on this phase."""
+        return run_phase(self, iterations, tol=tol, record=record, signs=signs,
+                         diagnostics=diagnostics)
