@@ -70,26 +70,29 @@ def _flat_fields(obj, prefix=()):
 
 def test_train_flags_are_the_config_fields_with_their_defaults():
     """Oracle: the dataclasses themselves — the train parser has exactly one flag per
-    TrainConfig field and per EstimatorSettings field (flattened), each with the field's
-    default (read back through config_from_args with no flags given)."""
+    TrainConfig field, per EstimatorSettings field (flattened) and per RunOptions field, each
+    with the field's default (read back through config_from_args with no flags given), and a
+    hidden flag per field of earlier versions (``config.RENAMED``) that says what replaced it."""
     p = argparse.ArgumentParser()
     config.add_arguments(p)
-    options = [a for a in p._actions if a.option_strings and a.dest != "help"]
+    options = [a for a in p._actions if a.option_strings and a.dest != "help"
+               and a.dest not in config.RENAMED]
     dests = [a.dest for a in options]
-    fields = {f.name: v for f, v in _flat_fields(config.TrainConfig())}
+    every = [*_flat_fields(config.TrainConfig()), *_flat_fields(config.RunOptions())]
+    fields = {f.name: v for f, v in every}
     assert sorted(dests) == sorted(fields), set(dests) ^ set(fields)
     assert len(dests) == len(set(dests))
     for a in options:
-        flag = flags.flag_name(next(f for f, _ in _flat_fields(config.TrainConfig())
-                                    if f.name == a.dest))
+        flag = flags.flag_name(next(f for f, _ in every if f.name == a.dest))
         assert flag in a.option_strings
-    assert config.config_from_args(p.parse_args([])) == config.TrainConfig()
+    assert config.config_from_args(p.parse_args([])) == (config.TrainConfig(),
+                                                          config.RunOptions())
     # and every EstimatorSettings field reaches the config through its flag
     args = p.parse_args(["--scheme", "random", "--beta", "0.3", "--iterations", "7", "--cost",
                          "mse", "--update", "pgd", "--order", "sync", "--signs", "batch",
                          "--tol", "1e-6", "--precision", "fast", "--no-fused",
                          "--perturbation", "clamp", "--step-size", "0.5"])
-    assert config.config_from_args(args).estimator == EstimatorSettings(
+    assert config.config_from_args(args)[0].estimator == EstimatorSettings(
         "random", 0.3, 7, "mse", "pgd", "sync", "batch", 1e-6, "fast", False, "clamp", 0.5)
 
 

@@ -498,3 +498,56 @@ def test_only_compiler_failures_turn_the_fused_kernels_off():
     for error in (RuntimeError("boom"), torch.OutOfMemoryError("CUDA out of memory"),
                   ValueError("shapes"), Exception()):
         assert not ep._compile_error(error), error
+
+
+# --------------------------------------------------------------------------------------------
+# refusals and arguments that mutation testing found no test for (docs/mutation.md)
+def test_a_batch_that_is_not_tensors_or_is_flat_for_a_conv_net_is_refused():
+    """Oracle: the message of ep.check_batch — a list is not a batch (whatever the model); a flat
+    (N, C·H·W) batch is a batch for a net whose first layer is dense (mlp), not for a conv net
+    (vgg5), which needs (N, C, H, W)."""
+    net, x, y = small("vgg5")
+    with pytest.raises(ValueError, match="x and y must be torch tensors"):
+        ep.estimate(net, x.tolist(), y, scheme="forward", iterations=1)
+    with pytest.raises(ValueError, match="x and y must be torch tensors"):
+        ep.estimate(net, x, y.tolist(), scheme="forward", iterations=1)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 32, 32\) for this vgg5"):
+        ep.estimate(net, x.flatten(1), y, scheme="forward", iterations=1)
+    mlp, xm, ym = small("mlp")
+    flat = ep.estimate(mlp, xm.flatten(1), ym, scheme="forward", iterations=2)
+    assert torch.equal(flat.logits, ep.estimate(mlp, xm, ym, scheme="forward",
+                                                iterations=2).logits)
+
+
+@pytest.mark.parametrize("cost", ["ce", "mse"])
+def test_the_cost_is_per_example(cost):
+    """Oracle: the cost of each example alone (cross-entropy of one row; ½‖h_L − onehot(y)‖² by
+    hand) — energy.cost returns one value per example, not their mean."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4, generator=g, dtype=F64)
+    y = torch.tensor([0, 3, 1, 1, 2])
+    got = energy.cost(cost, logits, y)
+    assert got.shape == (5,)
+    for i in range(5):
+        if cost == "ce":
+            want = -torch.log_softmax(logits[i], 0)[y[i]]
+        else:
+            want = 0.5 * ((logits[i] - torch.eye(4, dtype=F64)[y[i]]) ** 2).sum()
+        assert float(got[i]) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_backprop_through_estimate_takes_its_precision_and_reports_its_free_cost():
+    """Oracle: ep.bp_gradients called directly — estimate(scheme="bp") in fast precision on the
+    CPU is its bfloat16-autocast BP (not the strict one, which differs from it), and its trace's
+    free cost is BP's batch-mean cost."""
+    torch.manual_seed(0)
+    net = models.build("mlp", num_classes=5, in_channels=1, image_size=8, widths=(24, 16))
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 5, (6,))
+    fast, loss, _ = ep.bp_gradients(net, x, y, "ce", "fast")
+    strict, strict_loss, _ = ep.bp_gradients(net, x, y, "ce", "strict")
+    est = ep.estimate(net, x, y, scheme="bp", precision="fast", accumulate=False)
+    assert all(torch.equal(est.grads[k], fast[k]) for k in fast)
+    assert not all(torch.equal(fast[k], strict[k]) for k in fast)
+    assert est.trace.free_cost == loss == est.loss
+    est = ep.estimate(net, x, y, scheme="bp", precision="strict", accumulate=False)
+    assert est.trace.free_cost == strict_loss

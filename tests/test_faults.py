@@ -176,15 +176,15 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_ends_as_unint
     ref = run(tiny(tmp_path, run_dir=str(tmp_path / "ref"), checkpoint_every=1, epochs=2))
     cfg = tiny(tmp_path, run_dir=str(tmp_path / "run"), checkpoint_every=1, epochs=2)
     run(cfg)
-    ckpt, prev = Path(cfg.run_dir) / CHECKPOINT, Path(cfg.run_dir) / PREVIOUS_CHECKPOINT
+    ckpt, prev = Path(cfg["run_dir"]) / CHECKPOINT, Path(cfg["run_dir"]) / PREVIOUS_CHECKPOINT
     assert prev.is_file()
-    (Path(cfg.run_dir) / "summary.json").unlink()          # as if killed at the last step
+    (Path(cfg["run_dir"]) / "summary.json").unlink()          # as if killed at the last step
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[:len(data) // 2])
     with pytest.warns(RuntimeWarning, match=rf"{ckpt} is damaged: .*resuming from the "
                                             rf"previous checkpoint {prev}"):
-        run(tiny(tmp_path, run_dir=cfg.run_dir, checkpoint_every=1, epochs=2, resume=True))
-    assert untimed(rows(cfg.run_dir)) == untimed(rows(ref["run_dir"]))
+        run(tiny(tmp_path, run_dir=cfg["run_dir"], checkpoint_every=1, epochs=2, resume=True))
+    assert untimed(rows(cfg["run_dir"])) == untimed(rows(ref["run_dir"]))
     want = torch.load(Path(ref["run_dir"]) / CHECKPOINT, weights_only=True)["model"]
     got = torch.load(ckpt, weights_only=True)["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)
@@ -192,7 +192,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_ends_as_unint
         f.write_bytes(b"not a zip file at all")
     with pytest.raises(DamagedFileError, match=rf"{prev} is damaged: .*and so is "
                                                rf"checkpoint.pt.*new --run-dir"):
-        run(tiny(tmp_path, run_dir=cfg.run_dir, checkpoint_every=1, epochs=2, resume=True))
+        run(tiny(tmp_path, run_dir=cfg["run_dir"], checkpoint_every=1, epochs=2, resume=True))
 
 
 def test_damaged_json_files_are_named_with_the_position_of_the_error(tmp_path):
@@ -201,10 +201,10 @@ def test_damaged_json_files_are_named_with_the_position_of_the_error(tmp_path):
     with line and column."""
     cfg = tiny(tmp_path)
     run(cfg)
-    config = Path(cfg.run_dir) / "config.json"
+    config = Path(cfg["run_dir"]) / "config.json"
     text = config.read_text()
-    config.write_text(text[:40] + "}" + text[40:])
-    r = cli("--run-dir", cfg.run_dir, "--resume")
+    config.write_text(text.replace(",\n", ",\n}", 1))        # a stray brace on line 3
+    r = cli("--run-dir", cfg["run_dir"], "--resume")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{config} is damaged: not valid JSON (the run's config): " in r.stderr
     assert "at line 3, column" in r.stderr

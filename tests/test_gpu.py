@@ -35,16 +35,23 @@ def batch(name, n=8, seed=0, classes=10):
                             **spec["kw"])
 
 
+# the models whose units rarely sit within fp32 rounding of a ReLU / pooling threshold
+FEW_AT_THRESHOLD = ("vgg10", "vgg10skip")
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_strict_fp32_on_cuda_equals_float64_on_the_cpu(name):
     """Oracle: the same estimate (every scheme, and BP) in float64 on the CPU, with IEEE fp32
     on the CPU as the yardstick of fp32 rounding. A ReLU or pooling decision within rounding of
     its threshold moves one unit's whole contribution (≈ 1e-3 of a layer's gradient, measured
-    on an H200), so single layers may differ and the median over layers is what is compared:
-    per scheme, median rel. error of CUDA strict ≤ 4 × that of CPU fp32 + 1e-5, every layer
-    ≤ 5e-2 with cosine > 0.999 (CPU fp32 itself reaches 1.7e-2 on layer 1 of the narrow VGG10). TF32 is switched on globally here (PyTorch's cuDNN default)
-    and must not leak into strict mode: it would give ≈ 1e-3 on every layer, where fp32 gives
-    ≈ 1e-6; the global switches are restored afterwards."""
+    on an H200), so single layers may differ: every layer ≤ 5e-2 with cosine > 0.999 (CPU fp32
+    itself reaches 1.7e-2 on layer 1 of the narrow VGG10), and on the narrow VGG10s, where few
+    units sit at a threshold, the median over layers ≤ 4 × that of CPU fp32 + 1e-5. Full-width
+    vgg5 has many: cuDNN's fp32 convolutions round ≈ 5× more than the CPU's, and its median is
+    8.8e-4 against 4.4e-5 on the CPU (the same numbers on two H200 runs, BENCHMARKS.md), so
+    there the per-layer bounds alone hold; that strict mode is IEEE rounding is checked per
+    operator (the next test). TF32 is switched on globally here (PyTorch's cuDNN default) and
+    must not leak into strict mode; the global switches are restored afterwards."""
     net, x, y = batch(name)
     spec = MODELS[name]
 
@@ -77,13 +84,49 @@ def test_strict_fp32_on_cuda_equals_float64_on_the_cpu(name):
                     assert row["rel_error"] <= 5e-2 and row["cosine"] > 0.999, (scheme, row)
             med = statistics.median(r["rel_error"] for r in rows if r["ref_norm"] > 0)
             med_cpu = statistics.median(r["rel_error"] for r in yard if r["ref_norm"] > 0)
-            assert med <= 4 * med_cpu + 1e-5, (scheme, [r["rel_error"] for r in rows],
-                                               "cpu fp32:", [r["rel_error"] for r in yard])
+            assert name not in FEW_AT_THRESHOLD or med <= 4 * med_cpu + 1e-5, (
+                scheme, [r["rel_error"] for r in rows],
+                "cpu fp32:", [r["rel_error"] for r in yard])
             assert abs(got.loss - ref.loss) < 1e-5 * max(1.0, abs(ref.loss)), scheme
         assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == \
             (True, True)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_strict_precision_rounds_cuda_convs_and_matmuls_as_ieee_fp32():
+    """Oracle: float64 on the CPU, per operator — with TF32 switched on globally (PyTorch's cuDNN
+    default), the engine's strict context makes the maps of vgg5's widest layer shapes (conv,
+    transposed conv, dense) round as IEEE fp32: relative error ≤ 1e-5 (measured 1e-7 to 1.1e-6
+    on an H200), where TF32 gives ≈ 3e-4 — which this test also sees outside the context, so
+    that it can tell the two apart."""
+    from workbench.engine.precision import Precision, precision_context
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 256, 16, 16, generator=g, dtype=F64)
+    w = torch.randn(512, 256, 3, 3, generator=g, dtype=F64) / (256 * 9) ** 0.5
+    gy = torch.randn(8, 512, 16, 16, generator=g, dtype=F64)
+    a = torch.randn(64, 4096, generator=g, dtype=F64)
+    wd = torch.randn(1024, 4096, generator=g, dtype=F64) / 64
+    ops = {"conv": lambda x, w, gy, a, wd: torch.nn.functional.conv2d(x, w, padding=1),
+           "conv_transpose": lambda x, w, gy, a, wd: torch.nn.functional.conv_transpose2d(
+               gy, w, padding=1),
+           "dense": lambda x, w, gy, a, wd: torch.nn.functional.linear(a, wd)}
+    args64 = (x, w, gy, a, wd)
+    args32 = tuple(t.float().to(CUDA) for t in args64)
+
+    def errors():
+        return {k: float((op(*args32).double().cpu() - op(*args64)).norm()
+                         / op(*args64).norm()) for k, op in ops.items()}
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        tf32 = errors()
+        with precision_context(Precision.make("strict", torch.float32, CUDA)):
+            strict = errors()
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert all(e <= 1e-5 for e in strict.values()), strict
+    assert tf32["conv"] > 1e-5 and tf32["dense"] > 1e-5, tf32
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -138,14 +181,14 @@ def test_a_checkpoint_written_on_cuda_resumes_to_the_same_result(tmp_path, model
     timings); cuDNN is held to deterministic algorithms for the comparison."""
     from test_train import final_params, rows, untimed
 
-    from workbench.training.train import TrainConfig, run
+    from workbench.training.train import run
 
     def cfg(folder, **kw):
-        return TrainConfig(dataset="synthetic", image_size=size, in_channels=3, model=model,
-                           model_args=model_args, epochs=2, batch_size=16, limit_train=96,
-                           limit_test=32, lr=0.05, beta=0.05, iterations=4, scheme="random",
-                           checkpoint_every=2, probe_every=4, probe_size=8, device="cuda",
-                           progress="none", run_dir=str(tmp_path / folder / "run"), **kw)
+        return dict(dataset="synthetic", image_size=size, in_channels=3, model=model,
+                    model_args=model_args, epochs=2, batch_size=16, limit_train=96,
+                    limit_test=32, lr=0.05, beta=0.05, iterations=4, scheme="random",
+                    checkpoint_every=2, probe_every=4, probe_size=8, device="cuda",
+                    progress="none", run_dir=str(tmp_path / folder / "run"), **kw)
 
     def crash(row):
         if row["type"] == "probe" and row["step"] == 8:

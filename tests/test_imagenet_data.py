@@ -126,14 +126,14 @@ def test_training_with_device_decode_equals_cpu_decode(root, tmp_path):
     for name, extra in (("cpu", []), ("device", ["--data-arg", "decode=device"])):
         argv = ["train", "--dataset", "imagenet", "--data-root", str(root), "--model", "vgg10",
                 "--model-arg", "channels=[4,4,4,4,4,4,4,4]", "--model-arg", "dense=8",
-                "--image-size", "32", "--algorithm", "bp", "--epochs", "1", "--batch-size",
+                "--image-size", "32", "--scheme", "bp", "--epochs", "1", "--batch-size",
                 "4", "--device", "cpu", "--progress", "none", "--probe-every", "0",
                 "--run-dir", str(tmp_path / name), *extra]
         assert main(argv) == 0
         ckpt = torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
         weights.append(ckpt["model"])
     saved = json.loads((tmp_path / "device" / "config.json").read_text())
-    assert train.TrainConfig.from_dict(saved).data_args == {"decode": "device"}
+    assert train.as_run(saved)[0].data_args == {"decode": "device"}
     for k in weights[0]:
         assert torch.allclose(weights[0][k], weights[1][k], atol=1e-6), k
 

@@ -29,8 +29,8 @@ def test_archives_to_vgg10_training(tmp_path):
                            "--dest", str(dest), "--workers", "2", "--allow-partial"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    summary = train.run(train.TrainConfig(
-        dataset="imagenet", data_root=str(dest), model="vgg10", image_size=32, algorithm="ep",
+    summary = train.run(dict(
+        dataset="imagenet", data_root=str(dest), model="vgg10", image_size=32,
         scheme="centered", beta=0.05, iterations=2, epochs=1, batch_size=6, lr=0.02,
         weight_decay=2e-4, min_lr=2e-6, device="cpu", seed=0, run_dir=str(run_dir),
         workers=2, progress="none", probe_every=0))

@@ -189,7 +189,7 @@ def test_compare_runs_notebook_on_a_finished_sweep(execute, small_sweeps):
                f"{row['mean']:.4f}" in text
     text = execute("05_compare_runs.ipynb", out="05b.ipynb",
                    paths=[str(small_sweeps / "table3-small")])
-    assert "unfinished: algorithm=bp,seed=2  pending  0/1 epochs" in text
+    assert "unfinished: scheme=bp,seed=2  pending  0/1 epochs" in text
 
 
 @pytest.mark.slow

@@ -307,7 +307,7 @@ def test_explicit_values_override_a_preset_and_bad_input_is_refused():
                                          "clamp"):
         ep.EstimatorSettings(perturbation="squeeze")
     with pytest.raises(ValueError, match="unknown schedule 'linear'; accepted: epoch, step"):
-        TrainConfig(schedule="linear").validate()
+        TrainConfig(schedule="linear")
 
 
 def test_train_flags_take_a_preset_under_the_flags_given():
@@ -318,7 +318,7 @@ def test_train_flags_take_a_preset_under_the_flags_given():
     from workbench.training.config import add_arguments, config_from_args
     p = argparse.ArgumentParser()
     add_arguments(p)
-    cfg = config_from_args(p.parse_args(["--preset", "vgg5-cifar100-mse", "--lr", "0.01",
+    cfg, _ = config_from_args(p.parse_args(["--preset", "vgg5-cifar100-mse", "--lr", "0.01",
                                          "--iterations", "7"]))
     assert (cfg.preset, cfg.dataset, cfg.batch_size, cfg.lr, cfg.estimator.iterations,
             cfg.estimator.cost) == ("vgg5-cifar100-mse", "cifar100", 16, 0.01, 7, "mse")

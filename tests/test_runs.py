@@ -10,14 +10,23 @@ import pytest
 
 from workbench.experiments import results
 from workbench.experiments import runs as R
-from workbench.training.config import TrainConfig
+from workbench.training.config import as_run, record
 
 
-def _run(folder: Path, errors: list[float], state: str = "done", **fields) -> Path:
-    """A run folder as the trainer writes it: config.json, epoch rows, summary.json."""
+def _run(folder: Path, errors: list[float], state: str = "done", previous: bool = False,
+         **fields) -> Path:
+    """A run folder as the trainer writes it: config.json, epoch rows, summary.json
+    (``previous``: config.json as the version before this one wrote it — backprop and iPC by
+    ``algorithm``, the run options beside the fields)."""
     folder.mkdir(parents=True)
-    cfg = TrainConfig(**{"dataset": "synthetic", "model": "mlp", "epochs": 3,
-                         "run_dir": str(folder), **fields}).to_dict()
+    cfg = record(*as_run({"dataset": "synthetic", "model": "mlp", "epochs": 3,
+                          "run_dir": str(folder), **fields}))
+    if previous:
+        cfg.update(cfg.pop("run"))
+        scheme = cfg["estimator"]["scheme"]
+        cfg["algorithm"] = "ipc" if cfg.pop("incremental") else ("bp" if scheme == "bp" else "ep")
+        if scheme == "bp":
+            cfg["estimator"]["scheme"] = "centered"
     (folder / "config.json").write_text(json.dumps(cfg))
     rows = [{"type": "epoch", "epoch": i + 1, "step": 10 * (i + 1), "test_top1_error": e,
              "test_top5_error": e / 10, "train_loss": 1.0 - 0.1 * i, "test_loss": 1.0}
@@ -101,7 +110,7 @@ def test_table1_puts_the_papers_numbers_beside_ours(tmp_path):
     """oracle: Table 1 of the paper (presets.PAPER_TABLE1) and the errors written by hand."""
     for seed, err in ((0, 0.070), (1, 0.080)):
         _run(tmp_path / f"ep{seed}", [0.1, err], dataset="cifar10", cost="mse", seed=seed)
-    _run(tmp_path / "bp0", [0.09], dataset="cifar10", cost="mse", algorithm="bp")
+    _run(tmp_path / "bp0", [0.09], dataset="cifar10", cost="mse", scheme="bp")
     runs = R.find_runs(tmp_path)
     html = results.table1(runs)[0]
     assert "<td>cifar10</td><td>mse</td><td>EP (centered)</td><td>2/2</td><td>7.50 ± 0.71</td>" \
@@ -115,7 +124,7 @@ def test_table3_rows_and_curves_name_bp_without_estimator_fields(tmp_path):
     _run(tmp_path / "m0", [0.2, 0.10], update="mod_pgd", iterations=5, seed=0)
     _run(tmp_path / "m1", [0.2, 0.12], update="mod_pgd", iterations=5, seed=1)
     _run(tmp_path / "p0", [0.3], "failed", update="pgd", iterations=5, seed=0)
-    _run(tmp_path / "b0", [0.2, 0.09], algorithm="bp", update="mod_pgd", iterations=5)
+    _run(tmp_path / "b0", [0.2, 0.09], scheme="bp", update="mod_pgd", iterations=5)
     table, fig = results.table3(R.find_runs(tmp_path))
     assert "<td>mod_pgd (5)</td><td>2/2</td><td>0</td><td>11.00 ± 1.41</td>" in table
     assert "<td>pgd (5)</td><td>0/1</td><td>1</td><td>–</td>" in table
@@ -126,13 +135,15 @@ def test_table3_rows_and_curves_name_bp_without_estimator_fields(tmp_path):
 def test_depth_rows_and_lines_per_method_and_family(tmp_path):
     """oracle: the errors written by hand — one row per (family, weight layers, method) with
     its mean over seeds; an mlp's layers are its hidden widths plus the output, VGG-n's n; IL
-    (scheme il) and iPC (algorithm ipc) are named apart from EP and BP; a diverged run counts as
+    (scheme il) and iPC (incremental) are named apart from EP and BP, in folders of this
+    version and of the previous one (``algorithm: bp | ipc``); a diverged run counts as
     unfinished and leaves its point out of the line."""
-    _run(tmp_path / "bp3", [0.3, 0.20], algorithm="bp", model_args={"widths": [8, 8]})
+    _run(tmp_path / "bp3", [0.3, 0.20], previous=True, scheme="bp",
+         model_args={"widths": [8, 8]})
     _run(tmp_path / "il3a", [0.3, 0.24], scheme="il", model_args={"widths": [8, 8]}, seed=0)
     _run(tmp_path / "il3b", [0.3, 0.26], scheme="il", model_args={"widths": [8, 8]}, seed=1)
     _run(tmp_path / "il6", [0.5, 0.40], scheme="il", model_args={"widths": [8] * 5})
-    _run(tmp_path / "ipc6", [0.9], "failed", algorithm="ipc", scheme="il",
+    _run(tmp_path / "ipc6", [0.9], "failed", previous=True, incremental=True, scheme="il",
          model_args={"widths": [8] * 5})
     _run(tmp_path / "ep5", [0.3, 0.22], dataset="cifar10", model="vgg5")
     table, fig = results.depth(R.find_runs(tmp_path))

@@ -147,12 +147,12 @@ def test_training_bench_and_explorers_run_with_skips(tmp_path):
     (training); bench's fidelity rows include the skip maps and strict mode matches float64
     there (bench); the explorers' per-layer rows are ep.compare's, skip rows included."""
     from workbench import bench, widgets
-    from workbench.training.train import TrainConfig, run
-    cfg = TrainConfig(dataset="synthetic", image_size=8, model="mlp",
-                      model_args={"widths": [16, 16], "skips": [[0, 2]]}, epochs=2,
-                      batch_size=32, limit_train=128, limit_test=64, lr=0.05, beta=0.05,
-                      iterations=4, probe_every=0, device="cpu", progress="none",
-                      run_dir=str(tmp_path / "run"))
+    from workbench.training.train import run
+    cfg = dict(dataset="synthetic", image_size=8, model="mlp",
+               model_args={"widths": [16, 16], "skips": [[0, 2]]}, epochs=2,
+               batch_size=32, limit_train=128, limit_test=64, lr=0.05, beta=0.05,
+               iterations=4, probe_every=0, device="cpu", progress="none",
+               run_dir=str(tmp_path / "run"))
     summary = run(cfg)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     assert {"skips.0.weight", "skips.0.bias"} <= set(state)

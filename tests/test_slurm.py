@@ -80,14 +80,19 @@ def _job_ids(folder: Path) -> list[str]:
     return sorted(p.name for p in (folder / "slurm").iterdir() if p.name[0].isdigit())
 
 
-def _start_now(job_id) -> None:
+def _start_now(job_id, folder: Path) -> None:
     """Slurm holds a requeued job until a begin time some minutes later; once the job is back
-    in the queue as pending, let it start now (a real cluster just waits)."""
+    in the queue as pending, let it start now (a real cluster just waits). By then the
+    interrupted attempt is gone: its run folder must not be finished yet — an attempt that
+    outlived the requeue's SIGTERM (submitit passes it by) until its end, before the SIGKILL
+    KillWait later, would leave nothing to resume."""
     def pending():
         out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"],
                              capture_output=True, text=True).stdout.split()
         return bool(out) and all(state == "PENDING" for state in out)
     _wait_for(pending, what=f"job {job_id} requeued")
+    assert not (folder / "summary.json").exists(), \
+        f"{folder.name} ended before its interruption landed: the test needs a slower run"
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
 
 
@@ -144,8 +149,8 @@ def test_a_requeued_and_a_signalled_point_resume_to_the_uninterrupted_metrics(cl
             subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True)
         assert not (p.folder / "summary.json").exists(), \
             f"{p.name} ended before its {how} landed: the test needs a slower run"
-    for job in jobs:
-        _start_now(job.job_id)
+    for job, p in zip(jobs, s.points):
+        _start_now(job.job_id, p.folder)
     sw.wait_for_slurm([j.job_id for j in jobs])
     assert [sw.point_state(p)["state"] for p in s.points] == ["done", "done"]
     for p in s.points:        # each task really ran twice: two attempts in its training log
@@ -161,12 +166,13 @@ def test_a_two_task_point_is_one_data_parallel_run_and_survives_a_requeue(cluste
     within 1e-5, train losses within 1e-5 relative) and the run folder — a point submitted
     with tasks_per_node=2 trains as one run over two processes (summary: processes 2, one
     writer), requeued once mid-run it resumes and still ends there."""
-    # two epochs of a narrow mlp with very many iterations: slow steps (~0.4 s each, the run
-    # ~12 s after its first checkpoint) so that the requeue lands mid-run even on a fast or busy
-    # machine, and few steps, so that float reduction order has not grown into the metrics (over
-    # a long run of a wide net it does: two thread counts of one process drift apart too)
+    # two epochs of a narrow mlp with very many iterations: slow steps (as the test above: the
+    # run ~10 s after its first checkpoint here, 800 iterations were not enough on a faster
+    # machine) so that the requeue lands mid-run, and few steps, so that float reduction order
+    # has not grown into the metrics (over a long run of a wide net it does: two thread counts
+    # of one process drift apart too)
     spec = {"name": "two", "base": _base(data, epochs=2, checkpoint_every=4, probe_every=8,
-                                          iterations=800),
+                                          iterations=2000),
             "grid": {"beta": [0.05]}}
     f = _write(tmp_path / "two.yaml", spec)
     s = sw.load(f, out=tmp_path / "out")
@@ -177,7 +183,7 @@ def test_a_two_task_point_is_one_data_parallel_run_and_survives_a_requeue(cluste
     _wait_for(lambda: (p.folder / "checkpoint.pt").exists(), what="the first checkpoint")
     subprocess.run(["scontrol", "requeue", str(jobs[0].job_id)], check=True)
     assert not (p.folder / "summary.json").exists(), "the run ended before the requeue landed"
-    _start_now(jobs[0].job_id)
+    _start_now(jobs[0].job_id, p.folder)
     sw.wait_for_slurm([jobs[0].job_id])
     assert sw.point_state(p)["state"] == "done", sw.point_state(p)
     summary = json.loads((p.folder / "summary.json").read_text())

@@ -19,7 +19,7 @@ from conftest import write_mnist
 
 from workbench.experiments import sweep as sw
 from workbench.training import runfolder
-from workbench.training.config import TrainConfig
+from workbench.training.config import as_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WORKBENCH_DATA": ""}
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,20 +60,20 @@ def _lines(run_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 def test_points_are_the_grid_times_the_seeds_plus_the_points(tmp_path, data):
     """oracle: itertools.product over the axes written out by hand, and the config each point
-    must have (TrainConfig built directly)."""
+    must have (TrainConfig and RunOptions built directly)."""
     spec = {"name": "s", "base": _base(data), "grid": {
         "beta": ["1e-4", 0.1], "nudge": [{"cost": "mse"}, {"perturbation": "clamp"}]},
-        "points": [{"algorithm": "bp"}], "seeds": [3, 4]}
+        "points": [{"scheme": "bp"}], "seeds": [3, 4]}
     s = sw.load(_write(tmp_path / "s.yaml", spec), out=tmp_path / "out")
     want = [dict(beta=b, **n, seed=seed) for b, n in itertools.product(
         [1e-4, 0.1], [{"cost": "mse"}, {"perturbation": "clamp"}]) for seed in (3, 4)]
-    want += [{"algorithm": "bp", "seed": 3}, {"algorithm": "bp", "seed": 4}]
+    want += [{"scheme": "bp", "seed": 3}, {"scheme": "bp", "seed": 4}]
     assert [p.overrides for p in s.points] == want
     assert s.points[0].name == "beta=0.0001,cost=mse,seed=3"
     for p in s.points:
-        direct = TrainConfig(**_base(data), **{k: v for k, v in p.overrides.items()},
-                             run_dir=str(tmp_path / "out" / "s" / p.name))
-        assert p.config.to_dict() == direct.to_dict()
+        direct = as_run({**_base(data), **p.overrides,
+                         "run_dir": str(tmp_path / "out" / "s" / p.name)})
+        assert (p.config, p.options) == direct
     assert not (tmp_path / "out").exists(), "loading a sweep writes nothing"
 
 
@@ -103,6 +103,8 @@ BAD = [
     ({"grid": {"nudge": [{"cost": "hinge"}]}}, ["point 'cost=hinge,seed=0'", "hinge"]),
     ({"grid": {"nudge": [{"cots": "mse"}]}}, ["grid axis 'nudge'", "unknown field 'cots'"]),
     ({"points": [{"run_dir": "x"}]}, ["points[0]", "'run_dir'", "manages itself"]),
+    ({"points": [{"algorithm": "bp"}]}, ["points[0]", "no field 'algorithm' any more",
+                                         "scheme 'bp'"]),
     ({"base": {"seed": 1}}, ["'seed'", "seeds: [...]"]),
     ({"grid": {"beta": [0.1]}, "points": [{"beta": 0.1}]}, ["point 'beta=0.1,seed=0'",
                                                             "appears twice"]),

@@ -216,12 +216,12 @@ def test_sliders_hold_the_values_asked_for():
 def tiny_run(tmp_path_factory):
     """A finished two-epoch training run (synthetic 3×8×8 images, mlp 16) and its metric rows as
     the callback saw them."""
-    from workbench.training.train import TrainConfig, run
+    from workbench.training.train import run
     run_dir = tmp_path_factory.mktemp("run") / "tiny"
     rows = []
-    run(TrainConfig(dataset="synthetic", image_size=8, model="mlp", model_args={"widths": [16]},
-                    epochs=2, batch_size=32, limit_train=64, limit_test=32, probe_every=1,
-                    probe_size=8, device="cpu", progress="none", run_dir=str(run_dir)),
+    run(dict(dataset="synthetic", image_size=8, model="mlp", model_args={"widths": [16]},
+             epochs=2, batch_size=32, limit_train=64, limit_test=32, probe_every=1,
+             probe_size=8, device="cpu", progress="none", run_dir=str(run_dir)),
         callback=rows.append)
     return run_dir, rows
 

@@ -28,10 +28,10 @@ MARGIN = dict(t=50, b=40, l=50, r=10)
 
 def method(run: R.Run) -> str:
     """``BP``, ``iPC``, ``IL`` or the EP scheme of a run."""
-    algorithm, scheme = run.config.get("algorithm"), run.flat.get("scheme", "?")
-    if algorithm in ("bp", "ipc"):
-        return {"bp": "BP", "ipc": "iPC"}[algorithm]
-    return "IL" if scheme == "il" else scheme
+    scheme = run.flat.get("scheme", "?")
+    if run.config.get("incremental"):
+        return "iPC"
+    return {"bp": "BP", "il": "IL"}.get(scheme, scheme)
 
 
 def _done(runs: Sequence[R.Run]) -> list[R.Run]:

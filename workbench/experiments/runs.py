@@ -18,6 +18,7 @@ from typing import Iterable, Optional, Sequence
 
 from ..engine.settings import is_auto
 from ..files import read_json
+from ..training.config import saved_parts
 from ..training.runfolder import CONFIG, RunFolder, flat_config, read_state
 
 __all__ = ["Run", "find_runs", "read_state", "flat_config", "differing", "aggregate", "grid",
@@ -31,13 +32,16 @@ PLAN = "plan.json"
 
 @dataclass
 class Run:
-    """One run folder (or a sweep point not started yet): config, metrics rows, state."""
+    """One run folder (or a sweep point not started yet): config (what it computes, in this
+    version's layout: :func:`workbench.training.config.upgrade`), metrics rows, state, and how
+    it was run (``options``: its run options)."""
     path: Path
     name: str
     config: dict
     rows: list = field(default_factory=list)
     state: dict = field(default_factory=dict)
     sweep: Optional[str] = None
+    options: dict = field(default_factory=dict)
 
     @property
     def flat(self) -> dict:
@@ -67,10 +71,10 @@ class Run:
     def load(cls, folder, name: Optional[str] = None, config: Optional[dict] = None,
              sweep: Optional[str] = None) -> "Run":
         run = RunFolder(folder, writer=False)
-        cfg = run.config() if run.holds_run() else dict(config or {})
+        cfg, options = saved_parts(run.config() if run.holds_run() else dict(config or {}))
         rows = run.rows()
         return cls(run.path, name or run.path.name, cfg, rows,
-                   run.state(cfg.get("epochs"), rows), sweep)
+                   run.state(cfg.get("epochs"), rows), sweep, options)
 
 
 def _number(v) -> bool:
@@ -111,8 +115,7 @@ def _find(path: Path) -> Iterable[Run]:
             yield from _find(child)
 
 
-def differing(runs: Sequence[Run], ignore: Iterable[str] = ("run_dir", "resume", "progress",
-                                                            "data_root")) -> list[str]:
+def differing(runs: Sequence[Run], ignore: Iterable[str] = ()) -> list[str]:
     """The config fields (flattened) whose values are not the same in every run, in the order
     of the first run's config (a value still to be decided for the device,
     :func:`workbench.engine.settings.is_auto` — a sweep point not started yet — counts as equal

@@ -6,7 +6,8 @@ A sweep file (YAML; ``experiments/`` holds one per experiment of the paper)::
     name: fig2-small              # the sweep folder: <--out>/<name> (default: the file's stem)
     paper: Fig. 2                 # free text: what it reproduces
     description: ...
-    base:                         # TrainConfig fields (workbench train's flags, underscored);
+    base:                         # TrainConfig fields and run options (workbench train's flags,
+                                  # underscored);
       preset: vgg5-fashion-mnist-ce   # a preset fills every field not given
       epochs: 3
     grid:                         # the cartesian product of the axes, in this order
@@ -16,7 +17,7 @@ A sweep file (YAML; ``experiments/`` holds one per experiment of the paper)::
         - {cost: ce}
         - {perturbation: clamp, cost: mse}
     points:                       # more points, each on its own (not crossed with the grid)
-      - {algorithm: bp}
+      - {scheme: bp}              # backprop
     seeds: [0, 1, 2]              # every point runs once per seed (default: [base seed or 0])
     slurm: {timeout_min: 2880, gpus_per_node: 1}   # defaults of the Slurm launcher
 
@@ -42,7 +43,6 @@ executed notebook in the run folder.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -64,7 +64,7 @@ import yaml
 from ..engine.settings import EstimatorSettings
 from ..files import read_json, write_atomic
 from ..flags import field_types
-from ..training.config import RESUMABLE, TrainConfig, saved_config
+from ..training.config import (RENAMED, RunOptions, TrainConfig, record, resumable, split)
 from ..training.distributed import process_rank
 from ..training.runfolder import CONFIG, RunFolder, config_diff, flat_config, read_state
 from .runs import PLAN
@@ -107,14 +107,16 @@ def read_yaml(text: str, where: str = "sweep file"):
 
 @dataclass
 class Point:
-    """One run of a sweep: its folder name, the fields it sets over the base, its config."""
+    """One run of a sweep: its folder name, the fields it sets over the base, its config and
+    its run options (its folder among them)."""
     name: str
     overrides: dict
     config: TrainConfig
+    options: RunOptions
 
     @property
     def folder(self) -> Path:
-        return Path(self.config.run_dir)
+        return Path(self.options.run_dir)
 
 
 @dataclass
@@ -140,7 +142,7 @@ class Sweep:
 
 
 def _fields() -> set:
-    return set(TrainConfig.names()) | set(EstimatorSettings.names())
+    return set(TrainConfig.names()) | set(EstimatorSettings.names()) | set(RunOptions.names())
 
 
 def _format(value) -> str:
@@ -177,7 +179,8 @@ def _coerce(name: str, value):
 
 @functools.cache
 def _types() -> dict:
-    return {**field_types(TrainConfig), **field_types(EstimatorSettings)}
+    return {**field_types(TrainConfig), **field_types(EstimatorSettings),
+            **field_types(RunOptions)}
 
 
 def _check_fields(mapping, where: str, file: str) -> dict:
@@ -192,6 +195,8 @@ def _check_fields(mapping, where: str, file: str) -> dict:
         if k == "seed":
             raise SweepError(f"{file}: {where} sets 'seed'; give the seeds as the top-level "
                              f"'seeds: [...]' list")
+        if k in RENAMED:
+            raise SweepError(f"{file}: {where}: {RENAMED[k]}")
         if k not in known:
             raise SweepError(f"{file}: {where}: unknown field {k!r}; accepted: the fields of "
                              f"`workbench train` (underscored): {', '.join(sorted(known))}")
@@ -289,12 +294,13 @@ def load(path, out: Optional[str] = None, text: Optional[str] = None,
                 raise SweepError(f"{file}: point {pname!r} appears twice (grid and points, or "
                                  f"two equal values); each point must be different")
             seen.add(pname)
+            fields, options = split(_merge(base, o))
             try:
-                cfg = TrainConfig(**_merge(base, o), seed=seed,
-                                  run_dir=str(folder / pname)).validate()
+                cfg = TrainConfig(**fields, seed=seed)
+                opts = RunOptions(**options, run_dir=str(folder / pname))
             except (ValueError, TypeError) as e:
                 raise SweepError(f"{file}: point {pname!r}: {e}") from None
-            points.append(Point(pname, ov, cfg))
+            points.append(Point(pname, ov, cfg, opts))
     sweep = Sweep(name, file, folder, points, spec, None if settings else text)
     for p in points:
         _check_folder(p, file)
@@ -307,11 +313,11 @@ def _check_folder(p: Point, file: str) -> None:
     if not saved.is_file():
         return
     try:
-        old = saved_config(read_json(saved, "the run's config"))
+        old = resumable(read_json(saved, "the run's config"))
     except ValueError as e:
         raise SweepError(f"{file}: point {p.name!r}: its run folder {p.folder} cannot be "
                          f"resumed: {e}") from None
-    diff = config_diff(old, _comparable(p.config, old), RESUMABLE)
+    diff = config_diff(old, _comparable(p.config, old))
     if diff:
         raise SweepError(f"{file}: point {p.name!r}: its run folder {p.folder} holds a run of "
                          f"another config (saved → now):\n  " + "\n  ".join(diff) +
@@ -364,7 +370,8 @@ def write_plan(sweep: Sweep) -> None:
     text = sweep.text if sweep.text is not None else yaml.safe_dump(sweep.spec,
                                                                      sort_keys=False)
     plan = {"name": sweep.name, "file": sweep.file, "axes": sweep.axes,
-            "points": [{"name": p.name, "overrides": p.overrides, "config": p.config.to_dict()}
+            "points": [{"name": p.name, "overrides": p.overrides,
+                        "config": record(p.config, p.options)}
                        for p in sweep.points]}
     write_atomic(sweep.folder / SWEEP_FILE, lambda f: f.write(text.encode()))
     write_atomic(sweep.folder / PLAN,
@@ -425,17 +432,17 @@ def _run(p: Point, notebooks: bool, writer: bool) -> dict:
     if state["state"] == "done":
         return state
     # decided before the training's rendezvous, so every rank sees the folder as it was
-    cfg = dataclasses.replace(p.config, resume=(p.folder / CONFIG).is_file(), progress="text")
+    options = p.options.replace(resume=(p.folder / CONFIG).is_file(), progress="text")
     folder = RunFolder(p.folder, writer=writer)
     if writer:
         p.folder.mkdir(parents=True, exist_ok=True)
         folder.clear_outcome()                              # a failed run, tried again
     try:
         if notebooks:
-            _run_notebook(cfg)
+            _run_notebook(p.config, options)
         else:
             from ..training.train import run
-            run(cfg)
+            run(p.config, options)
     except Exception as e:      # (a signal or Ctrl-C is no failure: the point resumes)
         if writer:
             # first line: what went wrong (the state shows it); then the whole traceback
@@ -445,13 +452,14 @@ def _run(p: Point, notebooks: bool, writer: bool) -> dict:
     return point_state(p, lock=False)
 
 
-def _run_notebook(cfg: TrainConfig) -> None:
-    """Papermill on notebooks/03_train.ipynb with the point's whole config as ``overrides``;
-    the executed notebook stays in the run folder as ``03_train.ipynb``."""
+def _run_notebook(cfg: TrainConfig, options: RunOptions) -> None:
+    """Papermill on notebooks/03_train.ipynb with the point's whole config and run options as
+    ``overrides``; the executed notebook stays in the run folder as ``03_train.ipynb``."""
     import papermill
-    d = cfg.to_dict()
+    d = {**cfg.to_dict(), **options.to_dict()}
     d.update(d.pop("estimator"))            # flat: over the notebook's own flat parameters
     run_dir, resume = d.pop("run_dir"), d.pop("resume")
+    d.pop("progress")
     # the kernel: this interpreter's own kernelspec first (a venv's), as the Makefile does
     share = Path(sys.prefix) / "share" / "jupyter"
     if (share / "kernels" / "python3").is_dir():
@@ -508,7 +516,7 @@ def run_local(sweep: Sweep, slots: Optional[int] = None, notebooks: bool = False
     Returns every point's state."""
     write_plan(sweep)
     todo = _todo(sweep, retry_failed)
-    gpus = _gpu_slots() if all(p.config.device in ("auto", "cuda") for p in sweep.points) \
+    gpus = _gpu_slots() if all(p.options.device in ("auto", "cuda") for p in sweep.points) \
         else []
     if gpus_per_point > 1:
         if len(gpus) < gpus_per_point:

@@ -4,7 +4,6 @@ automatic choices decided for the device, the default run folder. The trainer
 so that a run folder's model is rebuilt exactly as it was trained."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,9 +12,10 @@ import torch
 
 from .. import data
 from ..engine import models
-from .config import TrainConfig
+from .config import RunOptions, TrainConfig
 
-__all__ = ["input_size", "build_datasets", "build_model", "resolve", "default_run_dir"]
+__all__ = ["input_size", "build_datasets", "build_model", "resolve", "default_run_dir",
+           "method_name"]
 
 
 def input_size(cfg: TrainConfig) -> Optional[int]:
@@ -25,10 +25,14 @@ def input_size(cfg: TrainConfig) -> Optional[int]:
     return cfg.image_size or models.input_size(cfg.model)
 
 
-def build_datasets(cfg: TrainConfig, splits=("train", "test")) -> list:
-    """The datasets of a run, one per split, as every command builds them."""
-    kw = dict(data_root=cfg.data_root, image_size=input_size(cfg), in_channels=cfg.in_channels,
-              num_classes=cfg.num_classes, download=cfg.download, options=cfg.data_args)
+def build_datasets(cfg: TrainConfig, options: Optional[RunOptions] = None,
+                   splits=("train", "test")) -> list:
+    """The datasets of a run, one per split, as every command builds them (``options``: where
+    the data lives and whether it may be downloaded; default :class:`RunOptions`'s)."""
+    options = options or RunOptions()
+    kw = dict(data_root=options.data_root, image_size=input_size(cfg),
+              in_channels=cfg.in_channels, num_classes=cfg.num_classes,
+              download=options.download, options=cfg.data_args)
     return [data.build(cfg.dataset, split, **kw) for split in splits]
 
 
@@ -43,13 +47,19 @@ def resolve(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     decided for ``device`` and a float32 model
     (:meth:`~workbench.engine.settings.EstimatorSettings.resolved`), so that config.json records
     the arithmetic the run used and a resume on another device cannot change it silently."""
-    return dataclasses.replace(cfg, estimator=cfg.estimator.resolved(
+    return cfg.replace(estimator=cfg.estimator.resolved(
         torch.float32, device, linear=not models.general(cfg.model)))
 
 
-def default_run_dir(cfg: TrainConfig) -> str:
-    """``runs/<model>-<dataset>-<algorithm>-<time>``."""
+def method_name(cfg: TrainConfig) -> str:
+    """``bp``, ``ipc``, ``il`` or ``ep-<scheme>``: how a run's weights learn."""
     scheme = cfg.estimator.scheme
-    what = cfg.algorithm if cfg.algorithm in ("bp", "ipc") else \
-        (scheme if scheme == "il" else f"ep-{scheme}")
+    if cfg.incremental:
+        return "ipc"
+    return scheme if scheme in ("bp", "il") else f"ep-{scheme}"
+
+
+def default_run_dir(cfg: TrainConfig) -> str:
+    """``runs/<model>-<dataset>-<method>-<time>`` (:func:`method_name`)."""
+    what = method_name(cfg)
     return str(Path("runs") / f"{cfg.model}-{cfg.dataset}-{what}-{time.strftime('%Y%m%d-%H%M%S')}")

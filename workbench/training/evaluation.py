@@ -25,16 +25,16 @@ def sync_statistics(net, dist: Dist) -> None:
 
 class Evaluation:
     """The test set of a run and how it is measured: its first ``n_test`` examples, split over
-    the processes, in the run's precision."""
+    the processes, in the run's precision (``workers``: the loader's processes)."""
 
     def __init__(self, cfg: TrainConfig, test_set, dist: Dist, device: torch.device,
-                 precision: Precision, pin_memory: bool):
+                 precision: Precision, pin_memory: bool, workers: int = 0):
         self.cfg, self.test_set, self.dist, self.device = cfg, test_set, dist, device
         self.precision = precision
         self.n_test = min(len(test_set), cfg.limit_test or len(test_set))
         self.sampler = EpochBatches(self.n_test, cfg.eval_batch_size, shuffle=False,
                                     drop_last=False, rank=dist.rank, world=dist.world)
-        self.loader = make_loader(test_set, self.sampler, workers=cfg.workers,
+        self.loader = make_loader(test_set, self.sampler, workers=workers,
                                   pin_memory=pin_memory)
 
     @torch.no_grad()

@@ -1,6 +1,7 @@
 """The run folder: ``config.json``, ``metrics.jsonl``, ``summary.json``, ``checkpoint.pt``.
 
-* ``config.json`` — the full :class:`~workbench.training.train.TrainConfig`, written when the run starts.
+* ``config.json`` — the :class:`~workbench.training.config.TrainConfig`, with the run options
+  under ``"run"`` (:func:`workbench.training.config.record`), written when the run starts.
 * ``metrics.jsonl`` — one JSON object per line, appended and flushed as the run goes.
 * ``checkpoint.pt`` — the latest checkpoint, written atomically (a temp file in the same folder,
   fsync, ``os.replace``), so a kill at any moment leaves the previous checkpoint or the new one,
@@ -92,8 +93,11 @@ class RunFolder:
         return self.file(CONFIG).is_file()
 
     def config(self) -> dict:
-        """``config.json`` as written (:class:`DamagedFileError` naming it if unreadable)."""
-        return read_json(self.file(CONFIG), "the run's config")
+        """``config.json`` as written (:class:`DamagedFileError` naming it if unreadable;
+        :func:`workbench.training.config.upgrade` reads it in this version's layout)."""
+        return read_json(self.file(CONFIG), "the run's config", "Restore it from a backup, or "
+                         "start the run again in a new --run-dir (the checkpoint cannot be "
+                         "resumed without it)")
 
     def rows(self) -> list[dict]:
         """The rows of ``metrics.jsonl`` (none if absent); a line cut by a kill is skipped —
@@ -124,13 +128,12 @@ class RunFolder:
             self.file(SUMMARY).unlink(missing_ok=True)
 
     # -- starting and resuming -----------------------------------------------------------------
-    def check(self, config: dict, resume: bool, ignore=(),
-              normalise=None) -> Optional[dict]:
+    def check(self, config: dict, resume: bool, normalise=None) -> Optional[dict]:
         """Check the folder before anything is written; return the checkpoint to resume from.
 
         New run: refuses a folder that already holds a run (never overwrites it). Resume:
         refuses a folder without ``config.json`` or whose config differs (listing the
-        differences, except keys in ``ignore``; ``normalise`` brings a saved config written by
+        differences; ``normalise`` brings a saved config written by
         an earlier version to the current layout first, or raises ``ValueError`` saying why it
         cannot resume). Returns None for a new run, or a resumed one killed before its first
         checkpoint.
@@ -144,12 +147,10 @@ class RunFolder:
         if not cfg_file.is_file():
             raise ValueError(f"cannot resume: {cfg_file} does not exist (start the run "
                              f"without --resume, or point --run-dir at an existing run)")
-        saved = read_json(cfg_file, "the run's config", "Restore it from a backup, or start "
-                          "the run again in a new --run-dir (the checkpoint cannot be resumed "
-                          "without it)")
+        saved = self.config()
         if normalise is not None:
             saved = normalise(saved)
-        diff = config_diff(saved, config, ignore)
+        diff = config_diff(saved, config)
         if diff:
             raise ValueError(f"cannot resume {self.path}: its config differs from this one "
                              f"(saved → now):\n  " + "\n  ".join(diff) +

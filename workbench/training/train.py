@@ -2,12 +2,15 @@
 
 One step: move the batch to the device (and apply the dataset's ``device_transform``), set the
 learning rate of the cosine schedule, let :func:`workbench.engine.ep.estimate` write the gradient of the
-batch-mean cost into ``.grad`` (``scheme="bp"`` for backprop), average it over the processes,
+batch-mean cost into ``.grad`` (``scheme="bp"``: backprop; ``incremental``: iPC, whose weights
+step inside, :func:`workbench.engine.pc.ipc_step`), average it over the processes,
 stop on a non-finite loss, energy or gradient, and take an SGD step (Nesterov momentum, weight
 decay on every parameter). Each epoch ends with a test pass, a line in ``metrics.jsonl`` and a
 checkpoint; every ``probe_every`` steps a *probe* line records the per-layer cosine and relative
 error of the EP estimate against the BP gradient on a fixed batch of test images (test images:
-their preprocessing has no randomness, for every dataset).
+their preprocessing has no randomness, for every dataset; a BP run has no probe: its gradient is
+the reference). What a run computes is its :class:`TrainConfig`; how this process runs it (the
+folder, the device, the display, the workers, the trackers) its :class:`RunOptions`.
 
 Everything random is a function of ``(seed, epoch, step)`` — data order, augmentation, the random
 scheme's signs (drawn for the GLOBAL batch and sliced per process) — and the learning rate is a
@@ -23,7 +26,6 @@ of the paper's recipes (:mod:`workbench.training.presets`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys
@@ -39,15 +41,16 @@ from ..engine.precision import Precision
 from ..files import WriteError
 from . import distributed
 from .assembly import build_datasets, build_model, default_run_dir, input_size, resolve
-from .config import RESUMABLE, TrainConfig, add_arguments, config_from_args, saved_config
+from .config import (RunOptions, TrainConfig, add_arguments, as_run, config_from_args, record,
+                     resumable)
 from .evaluation import Evaluation, sync_statistics
 from .progress import Progress
 from .runfolder import CHECKPOINT, RunFolder, git_commit, hardware
 from .tracking import Tracker
 
-__all__ = ["TrainConfig", "run", "NonFiniteError", "add_arguments", "config_from_args", "main",
-           "cosine_lr", "learning_rate", "input_size", "build_datasets", "build_model", "Trainer",
-           "EpochStats", "Keys"]
+__all__ = ["TrainConfig", "RunOptions", "as_run", "run", "NonFiniteError", "add_arguments",
+           "config_from_args", "main", "cosine_lr", "learning_rate", "input_size",
+           "build_datasets", "build_model", "Trainer", "EpochStats", "Keys"]
 
 
 class NonFiniteError(RuntimeError):
@@ -112,7 +115,7 @@ def epoch_row(cfg: TrainConfig, epoch: int, step: int, acc: EpochStats, test: di
               test_seconds: float) -> dict:
     """The ``metrics.jsonl`` row of an epoch: its mean training loss, the test pass, the
     learning rate, the throughput (training steps only) and, for EP, where the phases ended."""
-    ep_mode = cfg.algorithm != "bp"
+    ep_mode = cfg.estimator.scheme != "bp"
     return {"type": "epoch", "epoch": epoch + 1, "step": step,
             "train_loss": acc.loss / acc.steps, **test, "lr": lr,
             "images_per_second": acc.steps * cfg.batch_size / max(acc.seconds, 1e-9),
@@ -146,22 +149,23 @@ class Trainer:
     (from a checkpoint or the start, to the last epoch), :meth:`save` (a checkpoint). Use
     :func:`run`, which also resolves the config and opens the run folder."""
 
-    def __init__(self, cfg: TrainConfig, dist: distributed.Dist, device: torch.device,
-                 folder: RunFolder, callback: Optional[Callable[[dict], None]] = None):
+    def __init__(self, cfg: TrainConfig, options: RunOptions, dist: distributed.Dist,
+                 device: torch.device, folder: RunFolder,
+                 callback: Optional[Callable[[dict], None]] = None):
         self.cfg, self.dist, self.device, self.callback = cfg, dist, device, callback
-        self.folder = folder
+        self.options, self.folder = options, folder
         self.step, self.epoch, self.elapsed = 0, 0, 0.0
         self.stats = EpochStats()
         self.best: dict = {}
         self.last: dict = {}
-        self.progress = Progress(cfg.progress, dist.is_main)
+        self.progress = Progress(options.progress, dist.is_main)
         self.tracker: Optional[Tracker] = None
 
     def setup(self) -> "Trainer":
         """Datasets, the model (built after seeding torch with the run's seed), the optimizer
         (SGD, Nesterov, weight decay on every parameter), the batch samplers and loaders."""
         cfg, dist, device = self.cfg, self.dist, self.device
-        self.train_set, test_set = build_datasets(cfg)
+        self.train_set, test_set = build_datasets(cfg, self.options)
         torch.manual_seed(cfg.seed)
         self.net = build_model(cfg, self.train_set).to(device).train()
         self.params = [p for _, p in ep.trainable(self.net)]
@@ -171,13 +175,14 @@ class Trainer:
         self.sampler = EpochBatches(self.n_train, cfg.batch_size, seed=cfg.seed, rank=dist.rank,
                                     world=dist.world, augment=True)
         pin = device.type == "cuda"
-        self.loader = make_loader(self.train_set, self.sampler, workers=cfg.workers,
+        self.loader = make_loader(self.train_set, self.sampler, workers=self.options.workers,
                                   pin_memory=pin)
         self.steps_per_epoch = self.sampler.steps_per_epoch()
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.precision = Precision.make(cfg.estimator.precision, torch.float32, device,
                                         linear=self.net.wiring.linear)
-        self.evaluation = Evaluation(cfg, test_set, dist, device, self.precision, pin)
+        self.evaluation = Evaluation(cfg, test_set, dist, device, self.precision, pin,
+                                     self.options.workers)
         return self
 
     # -- one step ------------------------------------------------------------------------------
@@ -189,7 +194,7 @@ class Trainer:
         lr = learning_rate(cfg, self.step, self.steps_per_epoch)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        if cfg.algorithm == "ipc":          # the weights step inside, after every inference step
+        if cfg.incremental:                 # the weights step inside, after every inference step
             out = pc.ipc_step(self.net, x, y, cfg.estimator, self.opt,
                               before_update=self._averaged_and_finite)
             stats = torch.tensor([out["loss"], out["energy"], out["state_change"]],
@@ -200,8 +205,8 @@ class Trainer:
             self.step += 1
             return loss, energy, change
         self.opt.zero_grad(set_to_none=True)
-        if cfg.algorithm == "bp":
-            est = ep.estimate(self.net, x, y, cfg.estimator, scheme="bp")
+        if cfg.estimator.scheme == "bp":
+            est = ep.estimate(self.net, x, y, cfg.estimator)
         else:
             signs = batch_signs(cfg, self.step, self.dist, len(y)) \
                 if cfg.estimator.scheme == "random" else None
@@ -233,8 +238,9 @@ class Trainer:
 
     # -- measurements --------------------------------------------------------------------------
     def probe(self) -> None:
-        """The probe row (:meth:`Evaluation.probe`), measured on the main process."""
-        if self.dist.is_main:
+        """The probe row (:meth:`Evaluation.probe`), measured on the main process (none for a
+        BP run: its gradient is the reference)."""
+        if self.dist.is_main and self.cfg.estimator.scheme != "bp":
             self._emit(self.evaluation.probe(self.net, self.epoch, self.step))
 
     def _emit(self, row: dict) -> None:
@@ -276,12 +282,12 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def train(self, ckpt: Optional[dict]) -> dict:
         """Train from ``ckpt`` (None: from the start) to the last epoch; return the summary."""
-        cfg = self.cfg
+        cfg, opts = self.cfg, self.options
         self._t0 = time.perf_counter()
-        if self.dist.is_main and (cfg.tensorboard or cfg.wandb):
-            self.tracker = Tracker(self.folder.path, cfg.to_dict(), cfg.tensorboard, cfg.wandb,
+        if self.dist.is_main and (opts.tensorboard or opts.wandb):
+            self.tracker = Tracker(self.folder.path, cfg.to_dict(), opts.tensorboard, opts.wandb,
                                    resume_step=None if ckpt is None else ckpt[Keys.STEP])
-        self.folder.open(cfg.to_dict(), ckpt)
+        self.folder.open(record(cfg, opts), ckpt)
         try:
             if ckpt is not None:
                 self.load(ckpt)
@@ -370,28 +376,28 @@ def results(trainer: Trainer, status: str) -> dict:
             "best_epoch": t.best.get("epoch"),
             "wall_time_seconds": t.wall_time(),
             "hardware": hardware(t.device, t.dist.world),
-            "git_commit": git_commit(), "config": t.cfg.to_dict()}
+            "git_commit": git_commit(), "config": record(t.cfg, t.options)}
 
 
-def run(config, callback: Optional[Callable[[dict], None]] = None) -> dict:
-    """Train as ``config`` (a :class:`TrainConfig` or a dict of its fields) says; return the
-    summary written to ``summary.json``. ``callback(row)`` gets every row of ``metrics.jsonl``.
+def run(config, options=None, *, callback: Optional[Callable[[dict], None]] = None) -> dict:
+    """Train as ``config`` says (a :class:`TrainConfig`, or a dict of its fields — run options
+    may be among them), run as ``options`` says (:class:`RunOptions` or a dict of its fields,
+    over those in ``config``); return the summary written to ``summary.json``.
+    ``callback(row)`` gets every row of ``metrics.jsonl``.
 
     Raises ``ValueError`` for a bad config, :class:`~workbench.data.DatasetNotFoundError` for
     missing data and :class:`NonFiniteError` when the run diverges (its last good checkpoint
     stays in the run folder).
     """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
-    cfg = dataclasses.replace(cfg).validate()
-    dist, device = distributed.setup(cfg.device)
+    cfg, opts = as_run(config, options)
+    dist, device = distributed.setup(opts.device)
     try:
         cfg = resolve(cfg, device)
-        cfg.run_dir = dist.broadcast(cfg.run_dir or default_run_dir(cfg))
-        folder = RunFolder(cfg.run_dir, writer=dist.is_main)
-        ckpt = folder.check(cfg.to_dict(), cfg.resume, ignore=RESUMABLE,
-                            normalise=saved_config)
+        opts = opts.replace(run_dir=dist.broadcast(opts.run_dir or default_run_dir(cfg)))
+        folder = RunFolder(opts.run_dir, writer=dist.is_main)
+        ckpt = folder.check(cfg.to_dict(), opts.resume, normalise=resumable)
         dist.barrier()
-        return Trainer(cfg, dist, device, folder, callback).setup().train(ckpt)
+        return Trainer(cfg, opts, dist, device, folder, callback).setup().train(ckpt)
     finally:
         dist.close()
 
@@ -401,7 +407,7 @@ def run(config, callback: Optional[Callable[[dict], None]] = None) -> dict:
 # ---------------------------------------------------------------------------------------------
 def main(args: argparse.Namespace) -> int:
     try:
-        summary = run(config_from_args(args))
+        summary = run(*config_from_args(args))
     except (ValueError, FileNotFoundError, NonFiniteError, WriteError) as e:
         print(f"workbench train: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, (NonFiniteError, WriteError)) else 2

@@ -4,7 +4,6 @@ error and the log–log slope, and loading a training run's model."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -89,9 +88,8 @@ def load_run(run_dir: str, n: int = 256):
     ``checkpoint.pt`` (the latest checkpoint; CPU), the run's
     :class:`~workbench.training.config.TrainConfig`, and test images as the run saw them.
     """
-    from ..files import read_json
     from ..training import assembly
-    from ..training.config import TrainConfig
+    from ..training.config import RunOptions, TrainConfig, saved_parts
     from ..training.runfolder import CHECKPOINT, CONFIG, PREVIOUS_CHECKPOINT, RunFolder
     folder = Path(run_dir)
     missing = [name for name in (CONFIG, CHECKPOINT) if not (folder / name).is_file()]
@@ -101,9 +99,10 @@ def load_run(run_dir: str, n: int = 256):
         raise ValueError(f"{folder} is not a training run folder with a checkpoint: "
                          f"{' and '.join(missing)} missing (a run of `workbench train` or "
                          f"notebooks/03_train.ipynb writes both)")
-    cfg = TrainConfig.from_dict(read_json(folder / CONFIG, "the run's config"))
-    cfg = dataclasses.replace(cfg, download=False)
-    test, = assembly.build_datasets(cfg, ("test",))
+    fields, run = saved_parts(RunFolder(folder, writer=False).config())
+    cfg = TrainConfig.from_dict(fields)
+    options = RunOptions(data_root=run.get("data_root"), download=False)
+    test, = assembly.build_datasets(cfg, options, ("test",))
     net = assembly.build_model(cfg, test)
     net.load_state_dict(RunFolder(folder, writer=False).latest_checkpoint()["model"])
     return net, cfg, examples(test, n)
