@@ -35,6 +35,15 @@ def test_workbench_never_imports_data_prep():
     assert out == "[]", out
 
 
+def test_every_name_a_module_exports_exists():
+    """Oracle: each module's own namespace — every name in its ``__all__`` is defined there
+    (``from module import *`` and the API docs read it)."""
+    missing = [(name, n) for name in _modules()
+               for n in getattr(importlib.import_module(name), "__all__", ())
+               if not hasattr(importlib.import_module(name), n)]
+    assert missing == []
+
+
 def test_no_private_name_is_imported_from_another_module():
     """Oracle: the syntax tree of every workbench module — no ``from X import _name`` where X is
     another workbench module (relative or absolute), and no ``module._name`` attribute read of

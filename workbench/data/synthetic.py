@@ -17,7 +17,7 @@ from PIL import Image
 
 from .images import ImageDataset
 
-__all__ = ["build_synthetic", "SIZES", "images", "batch", "photo", "encode", "wnids",
+__all__ = ["build_synthetic", "SIZES", "images", "photo", "encode", "wnids",
            "write_class_folders"]
 
 SIZES = {"train": 2048, "test": 512}

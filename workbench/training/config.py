@@ -35,7 +35,7 @@ TRAIN_SCHEMES = SCHEMES + PC_SCHEMES + ("bp",)
 
 __all__ = ["TrainConfig", "RunOptions", "PROGRESS", "SCHEDULES", "add_arguments",
            "config_from_args", "default_estimator", "split", "as_run", "record", "upgrade",
-           "saved_parts", "resumable", "read_saved", "RENAMED"]
+           "saved_parts", "resumable", "RENAMED"]
 
 PROGRESS = ("auto", "text", "none")
 SCHEDULES = ("epoch", "step")
@@ -393,8 +393,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, RunOptions]
     folder = RunFolder(given_options.get("run_dir") or "", writer=False)
     if not (given_options.get("resume") and folder.holds_run()):
         return TrainConfig.from_dict(given), RunOptions(**given_options)
-    base, options = saved_parts(folder.config())
-    resumable(folder.config())
+    saved = folder.config()
+    base, options = resumable(saved), saved_parts(saved)[1]
     est = {**base.pop("estimator", {}), **given.pop("estimator", {})}
     return (TrainConfig.from_dict({**base, **given, "estimator": est}),
             RunOptions(**{**options, **given_options}))

@@ -99,12 +99,13 @@ def load_run(run_dir: str, n: int = 256):
         raise ValueError(f"{folder} is not a training run folder with a checkpoint: "
                          f"{' and '.join(missing)} missing (a run of `workbench train` or "
                          f"notebooks/03_train.ipynb writes both)")
-    fields, run = saved_parts(RunFolder(folder, writer=False).config())
+    saved = RunFolder(folder, writer=False)
+    fields, run = saved_parts(saved.config())
     cfg = TrainConfig.from_dict(fields)
     options = RunOptions(data_root=run.get("data_root"), download=False)
     test, = assembly.build_datasets(cfg, options, ("test",))
     net = assembly.build_model(cfg, test)
-    net.load_state_dict(RunFolder(folder, writer=False).latest_checkpoint()["model"])
+    net.load_state_dict(saved.latest_checkpoint()["model"])
     return net, cfg, examples(test, n)
 
 
