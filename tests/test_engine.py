@@ -551,3 +551,217 @@ def test_backprop_through_estimate_takes_its_precision_and_reports_its_free_cost
     assert est.trace.free_cost == loss == est.loss
     est = ep.estimate(net, x, y, scheme="bp", precision="strict", accumulate=False)
     assert est.trace.free_cost == strict_loss
+
+
+# --------------------------------------------------------------------------------------------
+# what mutation testing's run on the package layout found no test for (docs/mutation.md)
+def test_a_batch_off_the_labels_the_device_or_the_dtype_is_refused_or_cast():
+    """Oracle: ep.check_batch's contract — labels lie in [0, classes) (the class count itself is
+    refused), x and y on the model's device, x cast to the parameters' dtype (a float64 batch
+    into a float32 net gives the float32 batch's estimate, EP and BP), and a flat batch only for
+    a net whose first layer is a dense built-in layer (not for a general block)."""
+    net, x, y = small("mlp", classes=5)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\), got range \[0, 5\]"):
+        ep.estimate(net, x, torch.tensor([0, 1, 2, 5]), scheme="forward", iterations=1)
+    with pytest.raises(ValueError, match=r"x \(cpu\) and y \(meta\) must be on the model's"):
+        ep.estimate(net, x, y.to("meta"), scheme="forward", iterations=1)
+    net32 = net.float()
+    for scheme in ("centered", "bp"):
+        a = ep.estimate(net32, x.double(), y, scheme=scheme, iterations=2, accumulate=False)
+        b = ep.estimate(net32, x.float(), y, scheme=scheme, iterations=2, accumulate=False)
+        assert all(torch.equal(a.grads[k], b.grads[k]) for k in b.grads), scheme
+    torch.manual_seed(0)
+    blocks = models.from_blocks([torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1),
+                                                     torch.nn.Flatten()),
+                                 torch.nn.Linear(2 * 8 * 8, 5)],
+                                activations=["relu", "identity"]).to(F64)
+    ep.estimate(blocks, x, y, scheme="forward", iterations=1)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 1, 8, 8\)"):
+        ep.estimate(blocks, x.flatten(1), y, scheme="forward", iterations=1)
+
+
+def test_backprop_through_estimate_accumulates_and_returns_its_logits_and_settings():
+    """Oracle: estimate's contract for scheme bp as for EP — ``.grad`` accumulates by default
+    and is overwritten with accumulate=False; the logits are the forward pass; the settings
+    are the ones used."""
+    net, x, y = small("mlp")
+    first = ep.estimate(net, x, y, scheme="bp")
+    once = {n: p.grad.clone() for n, p in net.named_parameters()}
+    again = ep.estimate(net, x, y, scheme="bp")
+    assert all(torch.equal(p.grad, 2 * once[n]) for n, p in net.named_parameters())
+    ep.estimate(net, x, y, scheme="bp", accumulate=False)
+    assert all(torch.equal(p.grad, once[n]) for n, p in net.named_parameters())
+    assert torch.equal(first.logits, net(x).detach()) and again.settings.scheme == "bp"
+    assert again.settings == first.settings
+
+
+def test_a_batch_of_one_example_is_the_per_example_estimate():
+    """Oracle: the energy is a sum over examples and the cost a batch mean, so (without
+    BatchNorm) the estimate of a batch is the mean of its one-example estimates."""
+    net, x, y = small("mlp")
+    whole = ep.estimate(net, x, y, scheme="forward", iterations=4, accumulate=False).grads
+    ones = [ep.estimate(net, x[i:i + 1], y[i:i + 1], scheme="forward", iterations=4,
+                        accumulate=False).grads for i in range(x.shape[0])]
+    for k, g in whole.items():
+        assert torch.allclose(g, sum(o[k] for o in ones) / len(ones), rtol=1e-10, atol=1e-13), k
+
+
+def test_random_signs_given_as_integers_are_the_forward_and_backward_estimates():
+    """Oracle: scheme random with every sign +1 (−1) is scheme forward (backward), bit for bit
+    in float64: signs given as an int64 tensor are cast to the state dtype before β multiplies
+    them."""
+    net, x, y = small("mlp")
+    n = x.shape[0]
+    for sign, scheme in ((1, "forward"), (-1, "backward")):
+        want = ep.estimate(net, x, y, scheme=scheme, beta=0.01, iterations=3, accumulate=False)
+        got = ep.estimate(net, x, y, scheme="random", beta=0.01, iterations=3, accumulate=False,
+                          signs=torch.full((n,), sign, dtype=torch.long))
+        assert all(torch.equal(got.grads[k], want.grads[k]) for k in want.grads), scheme
+
+
+def test_a_compiler_failure_of_the_automatic_fused_path_falls_back_to_eager_once(monkeypatch):
+    """Oracle: estimate's contract — with ``fused`` left automatic, a compiler error is warned
+    once and the eager kernels give the estimate (equal to fused=False's, trace and diagnostics
+    included), and later calls go straight to them; an explicit fused=True, or any error that
+    is not the compiler's, is raised. The fused path is made to fail here by hand (on the CPU the
+    automatic choice is eager)."""
+    import dataclasses
+    import torch._dynamo.exc as dynamo_exc
+    from workbench.engine.settings import EstimatorSettings
+
+    net, x, y = small("mlp")
+    kw = dict(scheme="centered", iterations=3, accumulate=False, diagnostics=True)
+    want = ep.estimate(net, x, y, fused=False, **kw)
+    real_resolved, real = EstimatorSettings.resolved, ep._ep_gradients
+    monkeypatch.setattr(EstimatorSettings, "resolved", lambda self, *a, **k: dataclasses.replace(
+        real_resolved(self, *a, **k), fused=True if self.fused is None else self.fused))
+    calls, error = [], [dynamo_exc.TorchDynamoException("injected")]
+
+    def failing(net, x, y, s, prec, sign_list, fused, trace, diagnostics=False):
+        calls.append(fused)
+        if fused:
+            raise error[0]
+        return real(net, x, y, s, prec, sign_list, fused, trace, diagnostics)
+
+    monkeypatch.setattr(ep, "_ep_gradients", failing)
+    monkeypatch.setattr(ep, "_FUSED_BROKEN", [])
+    with pytest.warns(RuntimeWarning, match="TorchDynamoException: injected"):
+        got = ep.estimate(net, x, y, **kw)
+    assert calls == [True, False] and ep._FUSED_BROKEN == [repr(error[0])]
+    for a, b in ((got.grads, want.grads), ):
+        assert all(torch.equal(a[k], b[k]) for k in b)
+    for pa, pb in zip(got.trace.phases, want.trace.phases):
+        assert torch.equal(pa.energy, pb.energy) and torch.equal(pa.switched, pb.switched)
+    assert got.logits is not None and torch.equal(got.logits, want.logits)
+    calls.clear()
+    ep.estimate(net, x, y, **kw)
+    assert calls == [False]
+    with pytest.raises(dynamo_exc.TorchDynamoException, match="injected"):
+        ep.estimate(net, x, y, fused=True, **kw)
+    monkeypatch.setattr(ep, "_FUSED_BROKEN", [])
+    error[0] = RuntimeError("not the compiler")
+    with pytest.raises(RuntimeError, match="not the compiler"):
+        ep.estimate(net, x, y, **kw)
+    assert ep._FUSED_BROKEN == []
+
+
+@pytest.mark.parametrize("scheme,cost", [("il", "ce"), ("il", "mse"), ("forward", "ce"),
+                                         ("forward", "mse")])
+def test_the_reported_cost_and_energies_are_where_each_scheme_puts_them(scheme, cost):
+    """Oracle: energy.layer_energies on the phase's own states (½‖ε_k‖², the plain form) and
+    energy.cost — EP reports the cost at the output state, IL at the output's prediction; IL
+    with CE puts the cross-entropy of the prediction in the output's energy. The batch holds no
+    example of the last class (one-hot targets keep the model's class count)."""
+    from workbench.engine.settings import EstimatorSettings
+    net, x, _ = small("mlp", classes=5)
+    y = torch.tensor([0, 1, 2, 3])
+    s = EstimatorSettings(scheme=scheme, cost=cost, step_size=0.5)
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    b = torch.full((4, 1), 1.0 if scheme == "il" else 0.1, dtype=F64)
+    phase = NudgedPhase(net, free, y, b, cost, step_size=s.step_size, **ep.phase_options(s))
+    for _ in range(3):
+        phase.step()
+    L = net.wiring.L
+    at_state, at_prediction = (energy.cost(cost, t, y) for t in (phase.state(L),
+                                                                 phase.prediction()))
+    assert not torch.allclose(at_state, at_prediction)
+    assert torch.equal(phase.costs(), at_prediction if scheme == "il" else at_state)
+    if scheme == "il":
+        momentum = s.replace(state_optimizer="momentum", state_momentum=0.5)
+        assert ep.phase_options(momentum)["state_momentum"] == 0.5
+    plain = energy.layer_energies(net, [phase.state(k) for k in range(L + 1)]).mean(0)
+    e = phase.energies()
+    assert torch.allclose(e[:L - 1], plain[:L - 1], rtol=1e-12, atol=0)
+    if scheme == "il" and cost == "ce":
+        assert torch.equal(e[L - 1], energy.cost("ce", phase.prediction(), y).mean())
+        assert not torch.allclose(e[L - 1], plain[L - 1])
+    else:
+        assert torch.allclose(e[L - 1], plain[L - 1], rtol=1e-12, atol=0)
+
+
+def test_the_phase_trace_records_what_run_phase_says():
+    """Oracle: run_phase's docstring and PhaseTrace's fields — by default every iteration is
+    recorded (one row more than iterations) without diagnostics; with clamping the total is the
+    energy alone (the cost term is held); a run stops at the first iteration whose largest
+    change is below ``tol`` (strictly); β is |β| for signed phases; step(measure=False) measures
+    nothing."""
+    from workbench.engine.recording import run_phase
+    net, x, y = small("mlp")
+    prec = Precision.make("strict", F64, x.device)
+
+    def phase(**kw):
+        b = torch.full((x.shape[0], 1), kw.pop("beta", 0.1), dtype=F64)
+        return NudgedPhase(net, free_phase(net, x, prec), y, b, "ce", **kw)
+
+    tr = run_phase(phase(perturbation="clamp", beta=0.5), 3)
+    assert tr.energy.shape[0] == 4 and tr.switched is None and tr.iterations == 3
+    assert torch.equal(tr.total, tr.energy.sum(1))
+    assert phase().run(2).switched is None
+    assert phase().step(measure=False) is None
+    full = phase().run(8)
+    changes = full.state_change.amax(1)
+    tol = float(changes[2])
+    want = next(t for t in range(1, 9) if float(changes[t - 1]) < tol)
+    assert want > 3 and phase().run(8, tol=tol).iterations == want
+    n = x.shape[0]
+    est = ep.estimate(net, x, y, scheme="random", beta=0.05, iterations=2,
+                      signs=torch.tensor([-1] + [1] * (n - 1)))
+    assert est.trace.phases[0].beta == 0.05
+
+
+def test_each_pre_activation_and_drive_is_computed_once_per_change():
+    """Oracle: the caches' contract (NudgedPhase.da, .drive): in a half-sweep a layer's
+    pre-activation is recomputed only after one of its inputs changed — each edge's map once at
+    most, and not at all when nothing changed — and each drive once, though a skip's target
+    feeds two updates (mlp-skip: layers 1 and 3 both read layer 4's drive). The updates are the
+    same with the caches as computed afresh."""
+    net, x, y = small("mlp-skip")
+    prec = Precision.make("strict", F64, x.device)
+    phase = NudgedPhase(net, free_phase(net, x, prec), y, torch.full((4, 1), 0.1, dtype=F64),
+                        "ce")
+    for _ in range(3):
+        phase.step()
+    deltas, drives = [], []
+    for i, m in enumerate(phase.maps):
+        def counted(*a, _f=m.delta, _i=i):
+            deltas.append(_i)
+            return _f(*a)
+        m.delta = counted
+    inner = phase._drive
+    phase._drive = lambda k, scale: (drives.append(k), inner(k, scale))[1]
+    shared = False
+    for sweep in phase.sweeps:
+        del deltas[:], drives[:]
+        first = phase.updates(sweep)
+        assert len(deltas) == len(set(deltas)), (sweep, deltas)
+        targets = [phase.edges[i].dst for k in sweep for i in phase.nodes[k].out]
+        shared |= len(targets) > len(set(targets))
+        assert sorted(drives) == sorted(set(targets)), (sweep, drives)
+        del deltas[:]
+        again = phase.updates(sweep)
+        assert deltas == []
+        for (k, a), (_, b) in zip(first, again):
+            assert (a is None and b is None) or torch.equal(a, b), k
+        for k, d in first:
+            phase._set(k, d)
+    assert shared

@@ -30,6 +30,8 @@ def test_the_automatic_choices_follow_one_rule():
         r = s.resolved(dtype, device, linear)
         assert (r.precision, r.fused) == want, (dtype, device, linear)
         assert resolve_precision("auto", dtype, device, linear) == want[0]
+    r = s.resolved(torch.float32, "cuda")           # linear (built-in layers) by default
+    assert (r.precision, r.fused) == ("fast", True)
     kept = s.replace(precision="fast", fused=False).resolved(torch.float32, "cuda")
     assert (kept.precision, kept.fused) == ("fast", False)
     assert s.replace(fused=True).resolved(torch.float32, "cpu").fused is True
