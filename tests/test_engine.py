@@ -765,3 +765,89 @@ def test_each_pre_activation_and_drive_is_computed_once_per_change():
         for k, d in first:
             phase._set(k, d)
     assert shared
+
+
+def test_signs_and_flattened_gradients_are_made_on_the_device_asked_for():
+    """Oracle: the contracts of ep._phase_signs (one ±1 tensor per nudged phase — forward +1,
+    backward −1, centered both, IL +1 — in the state dtype on the batch's device) and ep._flat
+    (the named gradients flattened in float64, in the order asked for, on the device asked for;
+    empty for none), checked on torch's meta device: the one other device every machine has."""
+    from workbench.engine.settings import EstimatorSettings
+    s, meta, cpu = EstimatorSettings(), torch.device("meta"), torch.device("cpu")
+    for scheme, want in (("forward", [1.0]), ("backward", [-1.0]), ("centered", [1.0, -1.0]),
+                         ("il", [1.0])):
+        got = ep._phase_signs(s.replace(scheme=scheme), 3, None, None, meta, F64)
+        assert [(t.device, t.dtype, t.shape) for t in got] == [(meta, F64, (3,))] * len(want)
+        got = ep._phase_signs(s.replace(scheme=scheme), 3, None, None, cpu, F64)
+        assert [t.tolist() for t in got] == [[v] * 3 for v in want]
+    signs = torch.tensor([1, -1, 1])
+    got, = ep._phase_signs(s.replace(scheme="random"), 3, signs, None, meta, F64)
+    assert (got.device, got.dtype) == (meta, F64)
+    empty = ep._flat({}, [], meta)
+    assert (empty.device, empty.dtype, empty.shape) == (meta, F64, (0,))
+    grads = {"a": torch.ones(2, 2), "b": torch.arange(3.0)}
+    flat = ep._flat(grads, ["b", "a"])
+    assert flat.dtype == F64 and flat.tolist() == [0, 1, 2, 1, 1, 1, 1]
+    assert ep._flat(grads, ["a"], meta).device == meta
+
+
+def test_the_first_batch_of_a_general_net_may_come_in_another_float_dtype():
+    """Oracle: check_batch's contract — the batch is cast to the parameters' dtype before
+    anything reads it, the first batch (which sets a general net's shapes) included: a float32
+    net of blocks given a float64 first batch gives the float32 batch's estimate."""
+    from torch import nn
+
+    def fresh():
+        torch.manual_seed(0)
+        return models.from_blocks([nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten()),
+                                   nn.Linear(2 * 8 * 8, 5)], activations=["relu", "identity"])
+    _, x, y = small("mlp")
+    kw = dict(scheme="forward", iterations=2, accumulate=False)
+    a = ep.estimate(fresh(), x, y, **kw)
+    b = ep.estimate(fresh(), x.float(), y, **kw)
+    assert a.grads.keys() == b.grads.keys()
+    assert all(torch.equal(a.grads[k], b.grads[k]) for k in b.grads)
+
+
+def test_a_phase_built_by_hand_has_the_documented_defaults(monkeypatch):
+    """Oracle: NudgedPhase's docstring — by default the paper's nudged phase: the mod-PGD update,
+    the async order, nudging (not clamping), step size 1, the squared output energy, the cost at
+    the output state, the eager kernels (nothing compiled); a state optimizer's momentum 0.9
+    unless given. And step()'s: by default it returns each layer's largest change."""
+    from workbench.engine import kernels
+
+    def no_compiling():
+        raise AssertionError("the fused kernels were asked for")
+    monkeypatch.setattr(kernels, "compiled", no_compiling)
+    net, x, y = small("mlp")
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    b = torch.full((x.shape[0], 1), 0.1, dtype=F64)
+    phase = NudgedPhase(net, free, y, b, "ce")
+    assert (phase.update, phase.order, phase.perturbation, phase.step_size, phase.output_energy,
+            phase.prediction_cost) == ("mod_pgd", "async", "nudge", 1.0, "squared", False)
+    il = NudgedPhase(net, free, y, b, "ce", state_optimizer="momentum")
+    assert {r.moments.mu for r in il.rules[1:]} == {0.9}
+    L = phase.L
+    for _ in range(2):
+        before = [phase.state(k).clone() for k in range(1, L + 1)]
+        change = phase.step()
+        want = torch.stack([(phase.state(k) - before[k - 1]).abs().amax() for k in range(1, L + 1)])
+        assert change.shape == (L,) and torch.allclose(change, want, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["mlp", "vgg5"])
+def test_errors_and_energies_at_any_state_are_the_plain_forms(name):
+    """Oracle: energy.layer_energies on the full states h⁰ + d (the plain form), at states the
+    nudged dynamics never visit (they spread down from the output, so a layer's input moves
+    only after the layer has): deviations set by hand on every other layer below the output,
+    the others — the output's included — exactly zero, so that the output's error is
+    −δa_L alone."""
+    net, x, y = small(name)
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    phase = NudgedPhase(net, free, y, torch.full((x.shape[0], 1), 0.1, dtype=F64), "ce")
+    L, gen = phase.L, torch.Generator().manual_seed(0)
+    for k in range(L - 1, 0, -2):
+        phase._set(k, 0.1 * torch.randn(free.h[k].shape, generator=gen, dtype=F64))
+    assert phase.deviation(L) is None and phase.error(L) is not None
+    plain = energy.layer_energies(net, [phase.state(k) for k in range(L + 1)]).mean(0)
+    assert torch.allclose(phase.energies(), plain, rtol=1e-12, atol=0)

@@ -4,6 +4,9 @@ The GPU half (bf16 tensor cores, speed, the fidelity rule at VGG10 scale) is `be
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,7 +44,7 @@ def test_fast_plumbing_in_float64_equals_strict(name, monkeypatch):
     make = Precision.make
     monkeypatch.setattr(Precision, "make", staticmethod(
         lambda p, dtype, device, **kw: fast64 if p == "fast" else make(p, dtype, device, **kw)))
-    op = net.layers[0].map(Precision.make("fast", F64, x.device))
+    op = net.layers[0].map(Precision.make("fast", F64, x.device), "layers.0")
     assert op.weight.is_contiguous(memory_format=torch.channels_last)
     signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64)
     for scheme in ep.SCHEMES:
@@ -304,27 +307,70 @@ def test_compiled_window_codes_equal_the_eager_ones():
                         torch.compile(kernels.unpool_window, dynamic=True, fullgraph=True))
 
 
+def counting(pieces: kernels.Elementwise):
+    """``pieces`` with every piece wrapped to count its calls, and the counter (name → calls)."""
+    calls = collections.Counter()
+
+    def counted(name, f):
+        def piece(*args):
+            calls[name] += 1
+            return f(*args)
+        return piece
+    return dataclasses.replace(pieces, **{
+        f.name: counted(f.name, getattr(pieces, f.name)) for f in dataclasses.fields(pieces)
+        if callable(getattr(pieces, f.name))}), calls
+
+
 @pytest.mark.parametrize("name", ["vgg5", "mlp", "vgg10skip"])
 def test_fused_pieces_run_eagerly_equal_the_eager_engine(name, monkeypatch):
     """Oracle: the eager engine (max_pool2d's flat indices, separate drive and unpooling). The
     pieces the fused path compiles (kernels.POINTWISE: window codes, the fused drive), run
     without the compiler, give the eager estimate to 1e-12 in float64 for every scheme, both
     update rules and a step size below 1 — the fused path's logic, checked where
-    torch.compile is not (and under mutation testing, which it cannot trace)."""
-    monkeypatch.setattr(kernels, "compiled", lambda: kernels.POINTWISE)
+    torch.compile is not (and under mutation testing, which it cannot trace). ``fused=True``
+    runs those pieces and the eager estimate none of them; every ReLU conv layer's drive is the
+    fused one (pooling by window codes), never the separate ReLU drive."""
+    pieces, calls = counting(kernels.POINTWISE)
+    monkeypatch.setattr(kernels, "compiled", lambda: pieces)
     net, x, y = small(name, dtype=F64)
     signs = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=F64)
     for update, alpha in (("mod_pgd", 1.0), ("pgd", 1.0), ("mod_pgd", 0.5), ("pgd", 0.5)):
         for scheme in ep.SCHEMES:
             kw = dict(scheme=scheme, beta=0.05, iterations=4, update=update, accumulate=False,
                       step_size=alpha, signs=signs if scheme == "random" else "example")
+            calls.clear()
             eager = ep.estimate(net, x, y, **kw)
+            assert not calls
             coded = ep.estimate(net, x, y, fused=True, **kw)
+            assert calls, (update, alpha, scheme)
+            if name == "vgg5":
+                assert calls["drive"] and calls["pool"] and not calls["relu_drive"], calls
             for n in eager.grads:
                 assert torch.allclose(coded.grads[n], eager.grads[n], rtol=1e-12, atol=1e-15), \
                     (update, alpha, scheme, n)
             for a, b in zip(eager.trace.phases, coded.trace.phases, strict=True):
                 assert torch.allclose(a.energy, b.energy, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["vgg5", "vgg10skip"])
+def test_fused_pieces_in_fast_precision_are_the_eager_engine_bit_for_bit(name, monkeypatch):
+    """Oracle: the eager engine in fast precision (bf16 convolutions, float32 states,
+    docs/method.md §7). The fused pieces (kernels.POINTWISE, run without the compiler) read the
+    convolutions' bf16 outputs as they are and widen them themselves, and the fused drive
+    writes the next convolution's bf16 input; widening bf16 to float32 is exact and every
+    rounding to bf16 happens once either way, so the estimate and the trace are the same bits.
+    On vgg10skip a skip's output and its target's own are summed in float32."""
+    monkeypatch.setattr(kernels, "compiled", lambda: kernels.POINTWISE)
+    net, x, y = small(name, dtype=torch.float32)
+    signs = torch.tensor([1, -1, -1, 1])
+    for scheme in ("centered", "random"):
+        kw = dict(scheme=scheme, beta=0.05, iterations=4, accumulate=False, precision="fast",
+                  signs=signs if scheme == "random" else "example")
+        eager = ep.estimate(net, x, y, **kw)
+        coded = ep.estimate(net, x, y, fused=True, **kw)
+        assert all(torch.equal(coded.grads[n], g) for n, g in eager.grads.items()), scheme
+        for a, b in zip(eager.trace.phases, coded.trace.phases, strict=True):
+            assert torch.equal(a.energy, b.energy) and torch.equal(a.cost, b.cost)
 
 
 @pytest.mark.slow
@@ -490,12 +536,14 @@ def test_layer_maps_compute_in_their_precisions_dtypes():
     for keep, dtype in ((False, torch.float32), (True, torch.bfloat16)):
         got = cm.delta(src, keep)
         assert got.dtype == dtype and torch.equal(got, want.to(dtype)), keep
+    assert torch.equal(cm.delta(src), want.float())          # the state dtype unless kept
     assert torch.equal(cm.free(h), F.conv2d(h, w, b, padding=1))
     g = torch.randn(2, 4, 6, 6)
     want = F.conv_transpose2d(g.bfloat16(), w.bfloat16(), padding=1)
     for keep, dtype in ((False, torch.float32), (True, torch.bfloat16)):
         got = cm.vjp(g, src, keep)
         assert got.dtype == dtype and torch.equal(got, want.to(dtype)), keep
+    assert torch.equal(cm.vjp(g, src), want.float())
     gw, gb = cm.param_grads(h, g)
     assert gw.dtype == gb.dtype == torch.float32
     wd = dense.weight.detach()

@@ -192,3 +192,19 @@ def test_a_strided_skips_transpose_and_gradients_are_autograds_on_any_map_shape(
             ((height, width), stride)
         got_w, got_b = skip.grads_with(h.detach(), up, skip.weight)
         assert torch.allclose(got_w, want_w, rtol=1e-12) and torch.allclose(got_b, want_b)
+
+
+def test_the_wiring_names_the_input_node_and_which_edges_are_chains():
+    """Oracle: the docstrings of workbench.engine.wiring — node 0 is the input: identity, no
+    pooling, no edge into it, and out of it the first layer's chain edge and every skip from the
+    input; the chain edges 1..L come first (``chain`` True), then the skips (``chain`` False),
+    each summed into its target after the chain edge."""
+    net, _, _ = small("mlp-skip")                       # skips (0, 2) and (1, 4), L = 4
+    w = net.wiring
+    assert [(e.src, e.dst, e.chain) for e in w.edges] == [
+        (0, 1, True), (1, 2, True), (2, 3, True), (3, 4, True), (0, 2, False), (1, 4, False)]
+    n0 = w.nodes[0]
+    assert (n0.activation, n0.pool, n0.into, n0.out, n0.relu) == ("identity", False, (), (0, 4),
+                                                                  False)
+    assert [(n.into, n.out) for n in w.nodes[1:]] == [((0,), (1, 5)), ((1, 4), (2,)),
+                                                      ((2,), (3,)), ((3, 5), ())]

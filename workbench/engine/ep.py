@@ -107,7 +107,7 @@ def trainable(net) -> list:
     return [(n, p) for n, p in net.named_parameters() if p.requires_grad]
 
 
-def _write_grads(net, grads: dict, accumulate: bool = True) -> None:
+def _write_grads(net, grads: dict, accumulate: bool) -> None:
     for name, p in trainable(net):
         g = grads[name]
         if p.grad is None or not accumulate:
@@ -184,7 +184,7 @@ def phase_options(s: EstimatorSettings) -> dict:
 
 
 def _ep_gradients(net, x, y, s: EstimatorSettings, prec: Precision, sign_list, fused: bool,
-                  trace: bool, diagnostics: bool = False):
+                  trace: bool, diagnostics: bool):
     """The free phase, one nudged phase per entry of ``sign_list`` (running statistics frozen),
     and the summed estimate, by parameter name (zero where a layer's error stayed zero)."""
     n = x.shape[0]

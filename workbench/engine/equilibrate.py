@@ -251,9 +251,8 @@ class PhaseState:
             :class:`NudgedPhase` reads them.
     """
 
-    def __init__(self, net, free: FreeState, y: torch.Tensor, cost_name: str,
-                 fused: bool = False, output_energy: str = "squared",
-                 prediction_cost: bool = False):
+    def __init__(self, net, free: FreeState, y: torch.Tensor, cost_name: str, fused: bool,
+                 output_energy: str, prediction_cost: bool):
         self.net, self.free, self.maps, self.y = net, free, free.maps, y
         self.output_energy, self.prediction_cost = output_energy, prediction_cost
         self.cost_name = cost_name

@@ -31,7 +31,7 @@ class PCNLayer(nn.Module):
     kind = "layer"
     spatial = False
 
-    def __init__(self, weight_shape: tuple[int, ...], *, pool: bool = False, relu: bool = True):
+    def __init__(self, weight_shape: tuple[int, ...], *, relu: bool, pool: bool = False):
         super().__init__()
         if pool and not self.spatial:
             raise ValueError("only conv layers can pool")
@@ -82,7 +82,7 @@ class PCNLayer(nn.Module):
     def forward(self, h: torch.Tensor, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.act(self.pre(h, extra))
 
-    def map(self, precision: Precision, prefix: str = "") -> "LayerMap":
+    def map(self, precision: Precision, prefix: str) -> "LayerMap":
         """This layer's linear algebra with its weights cast to ``precision``; ``prefix``: the
         layer's name in the network (``layers.3``), for the names of its gradients."""
         return LayerMap(self, precision, prefix)
@@ -203,7 +203,7 @@ class LayerMap:
     """
     linear = True
 
-    def __init__(self, layer: PCNLayer, precision: Precision, prefix: str = ""):
+    def __init__(self, layer: PCNLayer, precision: Precision, prefix: str):
         self.layer, self.prefix = layer, prefix
         self.dtype = precision.conv if layer.spatial else precision.dense
         self.out_dtype = precision.state
