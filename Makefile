@@ -45,7 +45,7 @@ strip-notebooks: install
 check-notebooks: install
 	$(VENV)/bin/nbstripout --verify $(NOTEBOOKS)
 
-# Mutation testing of the engine (docs/mutation.md; not in CI: about two hours on 2 cores).
+# Mutation testing of the engine (docs/mutation.md; not in CI: about 25 minutes on 2 cores).
 # One thread per process: mutmut forks its workers from a process that ran torch.
 mutation: install
 	$(PY) -m pip install -q -c constraints.txt 'mutmut==3.8.1'

@@ -841,7 +841,7 @@ def test_errors_and_energies_at_any_state_are_the_plain_forms(name):
     nudged dynamics never visit (they spread down from the output, so a layer's input moves
     only after the layer has): deviations set by hand on every other layer below the output,
     the others — the output's included — exactly zero, so that the output's error is
-    −δa_L alone."""
+    −δa_L alone. Each error ε_k = h_k − f_k(h_{k−1}) to 1e-12, and the energies."""
     net, x, y = small(name)
     free = free_phase(net, x, Precision.make("strict", F64, x.device))
     phase = NudgedPhase(net, free, y, torch.full((x.shape[0], 1), 0.1, dtype=F64), "ce")
@@ -849,5 +849,11 @@ def test_errors_and_energies_at_any_state_are_the_plain_forms(name):
     for k in range(L - 1, 0, -2):
         phase._set(k, 0.1 * torch.randn(free.h[k].shape, generator=gen, dtype=F64))
     assert phase.deviation(L) is None and phase.error(L) is not None
-    plain = energy.layer_energies(net, [phase.state(k) for k in range(L + 1)]).mean(0)
+    states = [phase.state(k) for k in range(L + 1)]
+    for k in range(1, L + 1):
+        eps = phase.error(k)
+        want = states[k] - net.predict(k, states)
+        assert torch.allclose(torch.zeros_like(want) if eps is None else eps, want, rtol=0,
+                              atol=1e-12), k
+    plain = energy.layer_energies(net, states).mean(0)
     assert torch.allclose(phase.energies(), plain, rtol=1e-12, atol=0)

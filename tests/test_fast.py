@@ -373,6 +373,26 @@ def test_fused_pieces_in_fast_precision_are_the_eager_engine_bit_for_bit(name, m
             assert torch.equal(a.energy, b.energy) and torch.equal(a.cost, b.cost)
 
 
+@pytest.mark.parametrize("name", ["vgg5", "mlp"])
+def test_fast_precision_computes_a_float64_model_as_its_float32_copy(name):
+    """Oracle: the same model in float32, estimated in fast precision. Fast precision fixes its
+    own dtypes (docs/method.md §7: bf16 convolutions, float32 dense maps, free phase and
+    states), so a float64 model's weights are rounded to them as a float32 copy's are: the free
+    phase and every phase's energies are the same bits, and the gradients differ only by being
+    summed over the two phases in float64 (float64, to float32 rounding)."""
+    import copy
+    net, x, y = small(name, dtype=F64)
+    net32 = copy.deepcopy(net).float()
+    kw = dict(scheme="centered", beta=0.05, iterations=4, accumulate=False, precision="fast")
+    a, b = ep.estimate(net, x, y, **kw), ep.estimate(net32, x.float(), y, **kw)
+    assert a.logits.dtype == torch.float32 and torch.equal(a.logits, b.logits)
+    for pa, pb in zip(a.trace.phases, b.trace.phases, strict=True):
+        assert torch.equal(pa.energy, pb.energy) and torch.equal(pa.cost, pb.cost)
+    for n, g in a.grads.items():
+        assert g.dtype == F64 and torch.allclose(g, b.grads[n].double(), rtol=1e-6,
+                                                 atol=1e-9 * float(g.abs().max())), n
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["vgg5", "vgg10", "mlp", "vgg10skip"])
 def test_fused_equals_eager(name):
@@ -536,14 +556,16 @@ def test_layer_maps_compute_in_their_precisions_dtypes():
     for keep, dtype in ((False, torch.float32), (True, torch.bfloat16)):
         got = cm.delta(src, keep)
         assert got.dtype == dtype and torch.equal(got, want.to(dtype)), keep
-    assert torch.equal(cm.delta(src), want.float())          # the state dtype unless kept
+    got = cm.delta(src)                                       # the state dtype unless kept
+    assert got.dtype == torch.float32 and torch.equal(got, want.float())
     assert torch.equal(cm.free(h), F.conv2d(h, w, b, padding=1))
     g = torch.randn(2, 4, 6, 6)
     want = F.conv_transpose2d(g.bfloat16(), w.bfloat16(), padding=1)
     for keep, dtype in ((False, torch.float32), (True, torch.bfloat16)):
         got = cm.vjp(g, src, keep)
         assert got.dtype == dtype and torch.equal(got, want.to(dtype)), keep
-    assert torch.equal(cm.vjp(g, src), want.float())
+    got = cm.vjp(g, src)
+    assert got.dtype == torch.float32 and torch.equal(got, want.float())
     gw, gb = cm.param_grads(h, g)
     assert gw.dtype == gb.dtype == torch.float32
     wd = dense.weight.detach()
