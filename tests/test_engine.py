@@ -30,15 +30,19 @@ def small(name, seed=0, batch=4, classes=5):
                            **spec["kw"])
 
 
+def nudged(net, x, y, beta=0.1, cost="ce", **kw):
+    """A nudged phase at one signed β for the whole batch, from the strict (float64) free
+    phase; ``kw``: NudgedPhase's options."""
+    free = free_phase(net, x, Precision.make("strict", F64, x.device))
+    return NudgedPhase(net, free, y, torch.full((x.shape[0], 1), beta, dtype=F64), cost, **kw)
+
+
 def converged_phase(net, x, y, beta, cost="ce", update="mod_pgd", order="async", iters=300):
     """A nudged phase run to its fixed point (float64)."""
-    prec = Precision.make("strict", F64, x.device)
-    free = free_phase(net, x, prec)
-    b = torch.full((x.shape[0], 1), beta, dtype=F64)
-    phase = NudgedPhase(net, free, y, b, cost, update, order)
+    phase = nudged(net, x, y, beta, cost, update=update, order=order)
     tr = phase.run(iters, tol=1e-14)
     assert tr.iterations < iters, "the nudged phase did not converge"
-    return phase, free
+    return phase, phase.free
 
 
 # --------------------------------------------------------------------------------------------
@@ -676,9 +680,8 @@ def test_the_reported_cost_and_energies_are_where_each_scheme_puts_them(scheme, 
     net, x, _ = small("mlp", classes=5)
     y = torch.tensor([0, 1, 2, 3])
     s = EstimatorSettings(scheme=scheme, cost=cost, step_size=0.5)
-    free = free_phase(net, x, Precision.make("strict", F64, x.device))
-    b = torch.full((4, 1), 1.0 if scheme == "il" else 0.1, dtype=F64)
-    phase = NudgedPhase(net, free, y, b, cost, step_size=s.step_size, **ep.phase_options(s))
+    phase = nudged(net, x, y, 1.0 if scheme == "il" else 0.1, cost, step_size=s.step_size,
+                   **ep.phase_options(s))
     for _ in range(3):
         phase.step()
     L = net.wiring.L
@@ -707,11 +710,9 @@ def test_the_phase_trace_records_what_run_phase_says():
     nothing."""
     from workbench.engine.recording import run_phase
     net, x, y = small("mlp")
-    prec = Precision.make("strict", F64, x.device)
 
-    def phase(**kw):
-        b = torch.full((x.shape[0], 1), kw.pop("beta", 0.1), dtype=F64)
-        return NudgedPhase(net, free_phase(net, x, prec), y, b, "ce", **kw)
+    def phase(beta=0.1, **kw):
+        return nudged(net, x, y, beta, **kw)
 
     tr = run_phase(phase(perturbation="clamp", beta=0.5), 3)
     assert tr.energy.shape[0] == 4 and tr.switched is None and tr.iterations == 3
@@ -736,9 +737,7 @@ def test_each_pre_activation_and_drive_is_computed_once_per_change():
     feeds two updates (mlp-skip: layers 1 and 3 both read layer 4's drive). The updates are the
     same with the caches as computed afresh."""
     net, x, y = small("mlp-skip")
-    prec = Precision.make("strict", F64, x.device)
-    phase = NudgedPhase(net, free_phase(net, x, prec), y, torch.full((4, 1), 0.1, dtype=F64),
-                        "ce")
+    phase = nudged(net, x, y)
     for _ in range(3):
         phase.step()
     deltas, drives = [], []
@@ -820,12 +819,10 @@ def test_a_phase_built_by_hand_has_the_documented_defaults(monkeypatch):
         raise AssertionError("the fused kernels were asked for")
     monkeypatch.setattr(kernels, "compiled", no_compiling)
     net, x, y = small("mlp")
-    free = free_phase(net, x, Precision.make("strict", F64, x.device))
-    b = torch.full((x.shape[0], 1), 0.1, dtype=F64)
-    phase = NudgedPhase(net, free, y, b, "ce")
+    phase = nudged(net, x, y)
     assert (phase.update, phase.order, phase.perturbation, phase.step_size, phase.output_energy,
             phase.prediction_cost) == ("mod_pgd", "async", "nudge", 1.0, "squared", False)
-    il = NudgedPhase(net, free, y, b, "ce", state_optimizer="momentum")
+    il = nudged(net, x, y, state_optimizer="momentum")
     assert {r.moments.mu for r in il.rules[1:]} == {0.9}
     L = phase.L
     for _ in range(2):
@@ -843,11 +840,10 @@ def test_errors_and_energies_at_any_state_are_the_plain_forms(name):
     the others — the output's included — exactly zero, so that the output's error is
     −δa_L alone. Each error ε_k = h_k − f_k(h_{k−1}) to 1e-12, and the energies."""
     net, x, y = small(name)
-    free = free_phase(net, x, Precision.make("strict", F64, x.device))
-    phase = NudgedPhase(net, free, y, torch.full((x.shape[0], 1), 0.1, dtype=F64), "ce")
+    phase = nudged(net, x, y)
     L, gen = phase.L, torch.Generator().manual_seed(0)
     for k in range(L - 1, 0, -2):
-        phase._set(k, 0.1 * torch.randn(free.h[k].shape, generator=gen, dtype=F64))
+        phase._set(k, 0.1 * torch.randn(phase.free.h[k].shape, generator=gen, dtype=F64))
     assert phase.deviation(L) is None and phase.error(L) is not None
     states = [phase.state(k) for k in range(L + 1)]
     for k in range(1, L + 1):

@@ -5,6 +5,7 @@ The GPU half (bf16 tensor cores, speed, the fidelity rule at VGG10 scale) is `be
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 
 import pytest
@@ -380,7 +381,6 @@ def test_fast_precision_computes_a_float64_model_as_its_float32_copy(name):
     states), so a float64 model's weights are rounded to them as a float32 copy's are: the free
     phase and every phase's energies are the same bits, and the gradients differ only by being
     summed over the two phases in float64 (float64, to float32 rounding)."""
-    import copy
     net, x, y = small(name, dtype=F64)
     net32 = copy.deepcopy(net).float()
     kw = dict(scheme="centered", beta=0.05, iterations=4, accumulate=False, precision="fast")
